@@ -1,0 +1,35 @@
+"""Exceptions with messages that name the problem and the fix."""
+
+from __future__ import annotations
+
+
+class NativeRetrieverError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelNotFoundError(NativeRetrieverError, FileNotFoundError):
+    """A model name or folder could not be resolved offline."""
+
+
+class IncompatibleHeadError(NativeRetrieverError, ValueError):
+    """A head (or adapter) was trained for another LLM or teacher."""
+
+
+class HeadFileError(NativeRetrieverError, OSError):
+    """A head folder is missing or its files are unreadable."""
+
+
+class IndexFileError(NativeRetrieverError, OSError):
+    """An index folder is missing or corrupt."""
+
+
+class ConversationError(NativeRetrieverError, ValueError):
+    """A conversation is empty, malformed, or does not end with a user turn."""
+
+
+class DimensionMismatchError(NativeRetrieverError, ValueError):
+    """A vector's dimension does not match the index or head."""
+
+
+class DataFormatError(NativeRetrieverError, ValueError):
+    """A corpus, query or qrels file does not follow docs/data-format.md."""
