@@ -284,9 +284,7 @@ class VectorIndex:
                 if id_ is None:  # faiss padding (-1) or a tombstoned row
                     continue
                 rec = self._records[id_]
-                hits.append(
-                    SearchHit(id=id_, text=rec.text, score=float(score), metadata=copy.deepcopy(rec.metadata))
-                )
+                hits.append(SearchHit(id=id_, text=rec.text, score=float(score), metadata=copy.deepcopy(rec.metadata)))
             results.append(hits[:k])
         return results
 
@@ -548,9 +546,7 @@ def _write_file(path: Path, chunks: Iterable[bytes | memoryview]) -> str:
 
 def _write_records(path: Path, records: dict[str, _Record]) -> str:
     lines = (
-        json.dumps(
-            {"id": id_, "text": r.text, "metadata": r.metadata, "row": r.row}, ensure_ascii=False
-        ).encode()
+        json.dumps({"id": id_, "text": r.text, "metadata": r.metadata, "row": r.row}, ensure_ascii=False).encode()
         + b"\n"
         for id_, r in records.items()
     )
@@ -616,9 +612,7 @@ def _read_meta(path: Path) -> dict:
         raise _corrupt(path, f"its format field is {found!r}, expected {FORMAT!r}")
     version = meta.get("version")
     if _is_int(version, VERSION + 1):
-        raise IndexFileError(
-            f"{path} has index format version {version}; upgrade native-retriever to read it"
-        )
+        raise IndexFileError(f"{path} has index format version {version}; upgrade native-retriever to read it")
     if version != VERSION:
         raise _corrupt(path, f"unsupported version {version!r}")
     checks = {

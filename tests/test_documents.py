@@ -143,7 +143,7 @@ def test_max_words_too_small(tmp_path):
 
 
 def test_shipped_demo_corpus_and_conversation():
-    data = files("native_retriever") / "data"
+    data = files("native_retriever") / "resources"
     lines = (data / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines()
     corpus = [json.loads(line) for line in lines]
     assert len(corpus) == 24

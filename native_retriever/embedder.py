@@ -1,0 +1,234 @@
+"""NativeEmbedder: query vectors from a running agent LLM's own hidden states, documents through the teacher."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .agent import generate_text
+from .conversation import (
+    EncodedConversation,
+    PromptFormat,
+    clean_query,
+    encode_conversation,
+    rewrite_messages,
+)
+from .errors import DimensionMismatchError
+from .heads import ProjectionHead
+from .models import llm_fingerprint, llm_name, load_llm
+from .teacher import Teacher
+
+DEFAULT_HEAD = Path(__file__).parent / "heads" / "smollm2-minilm"
+
+
+def llm_info(model) -> dict:
+    """The identity of an LLM as recorded in (and checked against) head configs."""
+    config = model.config
+    return {
+        "name": llm_name(model),
+        "hidden_size": int(config.hidden_size),
+        "num_layers": int(config.num_hidden_layers),
+        "vocab_size": int(config.vocab_size),
+        "fingerprint": llm_fingerprint(model),
+    }
+
+
+@torch.inference_mode()
+def token_states(model, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
+    """One prefill of each token sequence (right-padded batch); returns (T_i, H) states per sequence.
+
+    Layer -1 is the final (normed) output; other indices select ``hidden_states[i]``; several are averaged.
+    """
+    device = next(model.parameters()).device
+    longest = max(len(ids) for ids in sequences)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    input_ids = torch.full((len(sequences), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    want_all = list(layers) != [-1]
+    out = model.base_model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        output_hidden_states=want_all,
+        use_cache=False,
+    )
+    if want_all:
+        picked = [out.last_hidden_state if i == -1 else out.hidden_states[i] for i in layers]
+        hidden = torch.stack(picked).mean(0)
+    else:
+        hidden = out.last_hidden_state
+    return [hidden[row, : len(ids)] for row, ids in enumerate(sequences)]
+
+
+def select_tokens(encoded: EncodedConversation, tokens: str, limit: int) -> tuple[int, int]:
+    """The [start, end) token span a head reads, at most ``limit`` tokens, the most recent kept."""
+    end = encoded.query[0] if encoded.query else len(encoded.input_ids)
+    if tokens == "query":
+        if encoded.query is None:
+            raise ValueError("This head reads generated search-query tokens; use embed_generated_query.")
+        start, end = encoded.query
+    elif tokens == "last_user":
+        start, end = encoded.last_user
+    elif tokens == "last":
+        start = end - 1
+    else:
+        start = 0
+    return max(start, end - limit), end
+
+
+def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (T_i, H) tensors left-aligned into (B, T, H) with a boolean mask."""
+    longest = max(s.shape[0] for s in states)
+    batch = states[0].new_zeros((len(states), longest, states[0].shape[1]))
+    mask = torch.zeros((len(states), longest), dtype=torch.bool, device=states[0].device)
+    for row, s in enumerate(states):
+        batch[row, : s.shape[0]] = s
+        mask[row, : s.shape[0]] = True
+    return batch, mask
+
+
+class NativeEmbedder:
+    """Embeds conversations with the agent's own LLM and a projection head; documents with the teacher.
+
+    ``model`` and ``tokenizer`` are the agent's own objects: the embedder holds references, never a copy, and runs
+    on the model's device. The teacher loads lazily, only when documents are embedded.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        head: ProjectionHead | str | os.PathLike | None = None,
+        teacher: Teacher | str | None = None,
+        *,
+        check_compatible: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.head = head if isinstance(head, ProjectionHead) else ProjectionHead.from_pretrained(head or DEFAULT_HEAD)
+        if check_compatible:
+            self.head.check_compatible(llm=llm_info(model))
+        self._teacher = teacher
+        self._teacher_lock = threading.Lock()
+        self.prompt_format = PromptFormat.from_dict(self.head.config.prompt_format)
+        parameter = next(model.parameters())
+        self.head.to(device=parameter.device).eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        llm: str | os.PathLike | None = None,
+        head: str | os.PathLike | None = None,
+        teacher: str | None = None,
+        device: str | None = None,
+    ) -> NativeEmbedder:
+        """Load the LLM (default: SmolLM2-135M-Instruct) and wrap it; mostly for scripts and the CLI."""
+        model, tokenizer = load_llm(llm, device=device)
+        return cls(model, tokenizer, head=head, teacher=teacher)
+
+    @property
+    def dimension(self) -> int:
+        return self.head.output_dim
+
+    @property
+    def teacher(self) -> Teacher:
+        """The document-side embedder (loaded on first use and checked against the head)."""
+        with self._teacher_lock:
+            if not isinstance(self._teacher, Teacher):
+                self._teacher = Teacher.from_pretrained(self._teacher or self.head.config.teacher.get("name"))
+                self.head.check_compatible(teacher=self._teacher.info)
+            return self._teacher
+
+    # -- query side -------------------------------------------------------------------------------------------
+    def encode(self, messages: Sequence, query: str | None = None) -> EncodedConversation:
+        """The formatted, window-cut token ids of a conversation (the head's prompt format)."""
+        return encode_conversation(self.tokenizer, messages, self.prompt_format, query=query)
+
+    def head_vectors(self, states: Sequence[torch.Tensor], encoded: Sequence[EncodedConversation]) -> np.ndarray:
+        """Run the head on full-sequence token states (from any prefill of the same token ids)."""
+        config = self.head.config
+        spans = [select_tokens(e, config.tokens, config.max_input_tokens) for e in encoded]
+        picked = [s[a:b].to(next(self.head.parameters()).dtype) for s, (a, b) in zip(states, spans)]
+        batch, mask = pad_states(picked)
+        with torch.inference_mode():
+            return self.head(batch, mask).cpu().numpy().astype(np.float32)
+
+    def _embed(self, encoded: list[EncodedConversation], batch_size: int, show_progress: bool | None) -> np.ndarray:
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        vectors = np.zeros((len(encoded), self.dimension), dtype=np.float32)
+        show = len(encoded) > batch_size if show_progress is None else show_progress
+        with tqdm(total=len(encoded), disable=not show, desc="Embedding conversations") as bar:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                chunk = [encoded[i] for i in rows]
+                states = token_states(self.model, [e.input_ids for e in chunk], self.head.config.layers)
+                vectors[rows] = self.head_vectors(states, chunk)
+                bar.update(len(rows))
+        return vectors
+
+    def embed_conversations(
+        self, conversations: Sequence[Sequence], batch_size: int = 8, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """Head-mode ``context`` vectors of many conversations: (N, D), one prefill each, no generation."""
+        self._require_mode("context")
+        return self._embed([self.encode(c) for c in conversations], batch_size, show_progress)
+
+    def embed_conversation(self, messages: Sequence) -> np.ndarray:
+        """Head-mode ``context`` vector of one conversation ending with the user's question: (D,)."""
+        return self.embed_conversations([messages], show_progress=False)[0]
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """A standalone query, embedded as a one-message conversation: (D,)."""
+        if self.head.config.input_mode == "query":
+            return self.embed_generated_query([{"role": "user", "content": text}], text)
+        return self.embed_conversation([{"role": "user", "content": text}])
+
+    def embed_generated_queries(
+        self,
+        conversations: Sequence[Sequence],
+        queries: Sequence[str],
+        batch_size: int = 8,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Head-mode ``query`` vectors: states of the search-query tokens generated after each conversation."""
+        self._require_mode("query")
+        encoded = [self.encode(c, query=q) for c, q in zip(conversations, queries, strict=True)]
+        return self._embed(encoded, batch_size, show_progress)
+
+    def embed_generated_query(self, messages: Sequence, query: str) -> np.ndarray:
+        """Head-mode ``query`` vector of one generated search query in its conversation: (D,)."""
+        return self.embed_generated_queries([messages], [query], show_progress=False)[0]
+
+    def generate_query(self, messages: Sequence, max_new_tokens: int = 32) -> str:
+        """The agent LLM rewrites the last turn into a standalone search query (greedy; generate-then-encode)."""
+        text = generate_text(self.model, self.tokenizer, rewrite_messages(messages), max_new_tokens)
+        return clean_query(text)
+
+    def _require_mode(self, mode: str) -> None:
+        if self.head.config.input_mode != mode:
+            other = "embed_generated_query" if mode == "context" else "embed_conversation"
+            raise ValueError(
+                f"This head was trained for input mode {self.head.config.input_mode!r}; use {other} with it, "
+                f"or load a head trained for {mode!r}."
+            )
+
+    # -- document side ----------------------------------------------------------------------------------------
+    def embed_documents(
+        self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """Document vectors from the teacher, L2-normalised like the query side: (N, D)."""
+        vectors = self.teacher.encode(texts, batch_size=batch_size, show_progress=show_progress)
+        if vectors.shape[1] != self.dimension:
+            raise DimensionMismatchError(
+                f"The teacher gives {vectors.shape[1]}-d vectors but the head gives {self.dimension}-d; "
+                "use the teacher the head was trained for."
+            )
+        return vectors

@@ -1,0 +1,126 @@
+"""Retrieval metrics (ranx) and exact top-k runs from score matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+METRICS = ("recall@10", "mrr@10", "ndcg@10")
+
+
+def top_k_run(
+    query_ids: Sequence[str], doc_ids: Sequence[str], queries: np.ndarray, docs: np.ndarray, k: int = 10
+) -> dict[str, dict[str, float]]:
+    """Exact inner-product top-k of each query vector over the document vectors, as a ranx-style run."""
+    run: dict[str, dict[str, float]] = {}
+    for start in range(0, len(query_ids), 1024):
+        scores = queries[start : start + 1024] @ docs.T
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        for row, columns in enumerate(top):
+            run[query_ids[start + row]] = {doc_ids[c]: float(scores[row, c]) for c in columns}
+    return run
+
+
+def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Recall@10, MRR@10 and nDCG@10 over the judged queries (ranx); a query missing from the run scores 0."""
+    from ranx import Qrels, Run, evaluate
+
+    run = {qid: run.get(qid) or {"__none__": 0.0} for qid in qrels}
+    scores = evaluate(Qrels(qrels), Run(run), list(METRICS), make_comparable=True)
+    return {name: round(float(scores[name]), 4) for name in METRICS} | {"queries": len(qrels)}
+
+
+SYSTEMS = (
+    "bm25-question",
+    "teacher-question",
+    "teacher-history",
+    "generate-then-encode",
+    "native-context",
+    "native-query",
+)
+
+
+def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
+    """BM25 (bm25s, English stop words) of the current question alone."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(
+        bm25s.tokenize([d["text"] for d in data.corpus], stopwords="en", show_progress=False), show_progress=False
+    )
+    tokens = bm25s.tokenize([q["question"] for q in data.queries], stopwords="en", show_progress=False)
+    docs, scores = retriever.retrieve(tokens, k=min(k, len(data.corpus)), show_progress=False)
+    return {
+        q["id"]: {data.corpus[int(d)]["id"]: float(s) for d, s in zip(docs[row], scores[row])}
+        for row, q in enumerate(data.queries)
+    }
+
+
+def evaluate_systems(
+    data,
+    systems: Sequence[str] = SYSTEMS,
+    *,
+    context_embedder=None,
+    query_embedder=None,
+    teacher=None,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+) -> dict:
+    """Score each named system on ``data`` (a RetrievalData) over the same corpus and queries.
+
+    ``context_embedder`` / ``query_embedder``: NativeEmbedders with a ``context`` / ``query`` head on one shared
+    LLM; ``generate-then-encode`` uses the context embedder's LLM to write the query and the teacher to encode it.
+    """
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    qids = [q["id"] for q in data.queries]
+    results: dict[str, dict] = {}
+    generated: list[str] | None = None
+    corpus = teacher.encode([d["text"] for d in data.corpus], show_progress=True) if teacher is not None else None
+
+    def score(name: str, vectors: np.ndarray) -> None:
+        results[name] = retrieval_metrics(data.qrels, top_k_run(qids, data.doc_ids, vectors, corpus))
+
+    for name in systems:
+        if name == "bm25-question":
+            results[name] = retrieval_metrics(data.qrels, bm25_run(data))
+        elif name == "teacher-question":
+            score(name, teacher.encode([q["question"] for q in data.queries]))
+        elif name == "teacher-history":
+            score(name, teacher.encode([teacher.history_query(q["messages"]) for q in data.queries]))
+        elif name in ("generate-then-encode", "native-query") and generated is None:
+            llm = context_embedder or query_embedder
+            generated = [
+                llm.generate_query(q["messages"], max_new_tokens=max_new_tokens)
+                for q in tqdm(data.queries, desc="Generating search queries")
+            ]
+        if name == "generate-then-encode":
+            score(name, teacher.encode([g or q["question"] for g, q in zip(generated, data.queries)]))
+        elif name == "native-query":
+            queries = [g or q["question"] for g, q in zip(generated, data.queries)]
+            score(
+                name,
+                query_embedder.embed_generated_queries(
+                    [q["messages"] for q in data.queries], queries, batch_size=batch_size, show_progress=True
+                ),
+            )
+        elif name == "native-context":
+            conversations = [q["messages"] for q in data.queries]
+            score(name, context_embedder.embed_conversations(conversations, batch_size=batch_size, show_progress=True))
+    baseline = results.get("generate-then-encode")
+    if baseline:
+        for metrics in results.values():
+            metrics["retention"] = {
+                m: {
+                    "ratio": round(metrics[m] / baseline[m], 3) if baseline[m] else None,
+                    "points": round(100 * (metrics[m] - baseline[m]), 1),
+                }
+                for m in METRICS
+            }
+    report = {"data": data.name, "queries": len(qids), "passages": len(data.corpus), "systems": results}
+    if generated is not None:
+        report["generated_queries"] = [{"id": i, "query": g} for i, g in zip(qids[:20], generated[:20])]
+    return report

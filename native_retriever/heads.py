@@ -1,0 +1,201 @@
+"""Projection heads: an LLM's token hidden states -> a unit vector in the teacher's embedding space.
+
+A head lives in a folder: ``head.safetensors`` (weights) and ``config.json`` (what it was trained for: LLM and
+teacher identity, layers, token selection, prompt format, training data and metrics). Loading a head onto another
+LLM or teacher is refused with a message naming the field that differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import HeadFileError, IncompatibleHeadError
+from .models import fingerprints_match
+
+HEAD_FORMAT = "native-retriever-head"
+ARCHITECTURES = ("linear", "transformer")
+TOKEN_SELECTIONS = ("all", "last_user", "last", "query")
+INPUT_MODES = ("context", "query")
+
+
+@dataclass
+class HeadConfig:
+    """Architecture and provenance of a head (the JSON half of a head folder)."""
+
+    hidden_size: int
+    output_dim: int
+    architecture: str = "transformer"
+    input_mode: str = "context"  # "context": the conversation; "query": generated search-query tokens
+    tokens: str = "all"  # which token states the head reads
+    layers: list[int] = field(default_factory=lambda: [-1])  # hidden_states indices, averaged; -1 = final normed
+    max_input_tokens: int = 512  # the most recent tokens read
+    d_model: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    dropout: float = 0.1
+    llm: dict = field(default_factory=dict)  # name, hidden_size, num_layers, vocab_size, fingerprint
+    teacher: dict = field(default_factory=dict)  # name, dim, fingerprint
+    prompt_format: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "architecture": (self.architecture, ARCHITECTURES),
+            "tokens": (self.tokens, TOKEN_SELECTIONS),
+            "input_mode": (self.input_mode, INPUT_MODES),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"HeadConfig.{name}={value!r}; use one of {', '.join(allowed)}.")
+        if self.tokens == "query" and self.input_mode != "query":
+            raise ValueError("tokens='query' needs input_mode='query'.")
+
+    def to_dict(self) -> dict:
+        return {"format": HEAD_FORMAT, "version": 1, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HeadConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the tokens where mask is true: (B, T, H), (B, T) -> (B, H)."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class LinearHead(nn.Module):
+    """Mean of the selected token states, layer norm, one linear map."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.output_dim)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(masked_mean(states, mask)))
+
+
+class TransformerHead(nn.Module):
+    """The paper's head: input projection, a small Transformer encoder over the tokens, mean pool, output projection.
+
+    A learned embedding of each token's distance from the end tells the encoder which turn a token belongs to.
+    """
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.inp = nn.Linear(config.hidden_size, config.d_model)
+        self.recency = nn.Embedding(config.max_input_tokens, config.d_model)
+        layer = nn.TransformerEncoderLayer(
+            config.d_model,
+            config.num_heads,
+            4 * config.d_model,
+            config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(config.d_model)
+        self.out = nn.Linear(config.d_model, config.output_dim)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(1, keepdim=True)
+        position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+        distance = (lengths - 1 - position).clamp(0, self.recency.num_embeddings - 1)  # tokens are left-aligned
+        hidden = self.inp(self.norm(states)) + self.recency(distance)
+        hidden = self.encoder(hidden, src_key_padding_mask=~mask)
+        return self.out(self.out_norm(masked_mean(hidden, mask)))
+
+
+class ProjectionHead(nn.Module):
+    """A head with its config; ``forward(states, mask)`` returns L2-normalised vectors."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.body = LinearHead(config) if config.architecture == "linear" else TransformerHead(config)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.body(states, mask).float(), dim=-1)
+
+    @property
+    def output_dim(self) -> int:
+        return self.config.output_dim
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write ``head.safetensors`` and ``config.json`` atomically (a crash leaves the old folder intact)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        try:
+            weights = {name: t.detach().float().cpu().contiguous() for name, t in self.state_dict().items()}
+            save_file(weights, str(tmp / "head.safetensors"))
+            (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            backup = folder.with_name(f".{folder.name}.old")
+            if folder.exists():
+                os.replace(folder, backup)
+            os.replace(tmp, folder)
+            shutil.rmtree(backup, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> ProjectionHead:
+        """Load a head folder; missing or corrupt files raise HeadFileError."""
+        folder = Path(folder)
+        config_path, weights_path = folder / "config.json", folder / "head.safetensors"
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise HeadFileError(
+                    f"{path} is missing; a head folder holds config.json and head.safetensors "
+                    "(train one with `native-retriever train-head`, or omit the head to use the shipped default)."
+                )
+        try:
+            data = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HeadFileError(f"{config_path} is not valid JSON ({exc}); restore or retrain the head.") from exc
+        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
+            raise HeadFileError(f"{config_path} is not a native-retriever head config (format != {HEAD_FORMAT!r}).")
+        try:
+            config = HeadConfig.from_dict(data)
+            head = cls(config)
+            head.load_state_dict(load_file(str(weights_path)))
+        except Exception as exc:
+            raise HeadFileError(
+                f"{weights_path} does not match {config_path} or is corrupt ({exc}); restore or retrain the head."
+            ) from exc
+        return head.eval()
+
+    def check_compatible(self, llm: dict | None = None, teacher: dict | None = None) -> None:
+        """Refuse an LLM or teacher other than the ones this head was trained for, naming the field."""
+        for side, actual, expected in (
+            ("LLM", llm, self.config.llm),
+            ("teacher", teacher, self.config.teacher),
+        ):
+            if not actual or not expected:
+                continue
+            for key in sorted(set(actual) & set(expected) - {"name"}):
+                same = (
+                    fingerprints_match(actual[key], expected[key])
+                    if key == "fingerprint"
+                    else actual[key] == expected[key]
+                )
+                if not same:
+                    raise IncompatibleHeadError(
+                        f"This head was trained for {side} {expected.get('name')!r} but got {actual.get('name')!r}: "
+                        f"{side} field {key!r} differs (head: {expected[key]!r}, given: {actual[key]!r}). "
+                        f"Use the head trained for this {side}, or train one with `native-retriever train-head`."
+                    )

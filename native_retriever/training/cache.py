@@ -1,0 +1,158 @@
+"""Cache LLM hidden states and teacher vectors once, so head epochs cost only the head.
+
+A hidden-state cache is a folder of shards (``shard-00000.safetensors`` + ``.json``), each holding the token
+states of a few hundred conversations rendered by the shared formatter with the question appended as the agent's
+search query (so one pass serves both ``context`` and ``query`` heads: a causal LM's prefix states do not depend
+on what follows). Finished shards are kept, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..conversation import EncodedConversation, PromptFormat, encode_conversation
+from ..data import RetrievalData
+from ..embedder import llm_info, token_states
+from ..errors import NativeRetrieverError
+from ..models import fingerprints_match
+from ..teacher import Teacher
+
+
+@dataclass
+class HiddenStateCache:
+    """Token states of many conversations, concatenated: example i is ``states[offsets[i]:offsets[i+1]]``."""
+
+    ids: list[str]
+    states: torch.Tensor  # (total tokens, H), float16
+    offsets: torch.Tensor  # (n + 1,)
+    last_user: torch.Tensor  # (n, 2) token spans
+    query: torch.Tensor  # (n, 2) token spans of the appended question
+
+    def encoded(self, i: int) -> EncodedConversation:
+        """Spans of example i in the form the embedder's token selection reads."""
+        length = int(self.offsets[i + 1] - self.offsets[i])
+        return EncodedConversation([0] * length, tuple(self.last_user[i].tolist()), tuple(self.query[i].tolist()), 0)
+
+    def example(self, i: int) -> torch.Tensor:
+        return self.states[self.offsets[i] : self.offsets[i + 1]]
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_hidden_states(
+    model,
+    tokenizer,
+    data: RetrievalData,
+    root: str | os.PathLike,
+    *,
+    layers: list[int] | None = None,
+    prompt_format: PromptFormat | None = None,
+    batch_size: int = 4,
+    shard_size: int = 256,
+) -> HiddenStateCache:
+    """Compute (or resume) the hidden-state cache of ``data``'s queries and load it."""
+    layers = layers or [-1]
+    fmt = prompt_format or PromptFormat()
+    info = llm_info(model)
+    spec = {"llm": info["name"], "layers": layers, "prompt_format": fmt.to_dict(), "data": data.name}
+    folder = Path(root) / f"{data.name}-{_key(spec)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text())
+        if not fingerprints_match(previous["llm"]["fingerprint"], info["fingerprint"]):
+            raise NativeRetrieverError(
+                f"{folder} was cached from another LLM's weights; delete it or use another cache."
+            )
+    else:
+        manifest.write_text(json.dumps({**spec, "llm": info}, indent=2))
+    shards = range(0, len(data.queries), shard_size)
+    with tqdm(total=len(data.queries), desc=f"Caching hidden states ({data.name})", unit="conv") as bar:
+        for number, start in enumerate(shards):
+            path = folder / f"shard-{number:05d}.safetensors"
+            chunk = data.queries[start : start + shard_size]
+            ids_path = path.with_suffix(".json")
+            if not path.is_file() or json.loads(ids_path.read_text()) != [q["id"] for q in chunk]:
+                _write_shard(model, tokenizer, chunk, fmt, layers, batch_size, path, bar)
+            else:
+                bar.update(len(chunk))
+    return load_hidden_states(folder, shards=len(shards))
+
+
+def _write_shard(model, tokenizer, queries, fmt, layers, batch_size, path: Path, bar) -> None:
+    encoded = [encode_conversation(tokenizer, q["messages"], fmt, query=q["question"]) for q in queries]
+    states: list[torch.Tensor] = [None] * len(encoded)  # type: ignore[list-item]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        for row, state in zip(rows, token_states(model, [encoded[i].input_ids for i in rows], layers)):
+            states[row] = state.to("cpu", torch.float16)
+        bar.update(len(rows))
+    lengths = torch.tensor([0] + [s.shape[0] for s in states])
+    tensors = {
+        "states": torch.cat(states),
+        "offsets": torch.cumsum(lengths, 0),
+        "last_user": torch.tensor([e.last_user for e in encoded]),
+        "query": torch.tensor([e.query for e in encoded]),
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    path.with_suffix(".json").write_text(json.dumps([q["id"] for q in queries]))
+    os.replace(tmp, path)
+
+
+def load_hidden_states(folder: str | os.PathLike, shards: int | None = None) -> HiddenStateCache:
+    """Load the first ``shards`` shards (default: all) of a cache folder into one HiddenStateCache."""
+    shards = sorted(Path(folder).glob("shard-*.safetensors"))[:shards]
+    ids, states, offsets, last_user, query, base = [], [], [torch.zeros(1, dtype=torch.long)], [], [], 0
+    for path in shards:
+        shard = load_file(str(path))
+        ids += json.loads(path.with_suffix(".json").read_text())
+        states.append(shard["states"])
+        offsets.append(shard["offsets"][1:] + base)
+        base += int(shard["offsets"][-1])
+        last_user.append(shard["last_user"])
+        query.append(shard["query"])
+    return HiddenStateCache(ids, torch.cat(states), torch.cat(offsets), torch.cat(last_user), torch.cat(query))
+
+
+def teacher_vectors(
+    teacher: Teacher, data: RetrievalData, root: str | os.PathLike, target: str = "history"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher vectors of the corpus and of each query's alignment target, cached as .npy files.
+
+    ``target``: ``history`` (the whole conversation, cut from the oldest turns to the teacher's window),
+    ``history-N`` (the last N messages) or ``question`` (the current question alone).
+    """
+    folder = Path(root) / f"teacher-{_key({'teacher': teacher.info, 'data': data.name, 'n': len(data.queries)})}"
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus_path, target_path = folder / "corpus.npy", folder / f"target-{target}.npy"
+    if not corpus_path.is_file():
+        np.save(corpus_path, teacher.encode([d["text"] for d in data.corpus], show_progress=True))
+    if not target_path.is_file():
+        np.save(
+            target_path, teacher.encode([target_text(teacher, q, target) for q in data.queries], show_progress=True)
+        )
+    return np.load(corpus_path), np.load(target_path)
+
+
+def target_text(teacher: Teacher, query: dict, target: str) -> str:
+    """The text whose teacher vector a head is aligned to (see ``teacher_vectors``)."""
+    if target == "question":
+        return query["question"]
+    if target == "history":
+        return teacher.history_query(query["messages"])
+    if target.startswith("history-") and target[8:].isdigit():
+        return teacher.history_query(query["messages"], last=int(target[8:]))
+    raise ValueError(f"Unknown alignment target {target!r}; use question, history or history-N.")

@@ -1,0 +1,215 @@
+"""Train a projection head from cached hidden states and teacher vectors (one readable loop)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..conversation import PromptFormat
+from ..data import RetrievalData
+from ..embedder import pad_states, select_tokens
+from ..evaluation import retrieval_metrics, top_k_run
+from ..heads import HeadConfig, ProjectionHead
+from .cache import HiddenStateCache
+from .losses import AlignmentLoss, ContrastiveLoss, RankDistillationLoss
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a head and its training; saved in the head's config.json."""
+
+    architecture: str = "transformer"
+    input_mode: str = "context"
+    tokens: str = "all"
+    layers: list[int] = field(default_factory=lambda: [-1])
+    max_input_tokens: int = 256
+    d_model: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    dropout: float = 0.1
+    target: str = "history"  # alignment target: history, history-N or question
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of steps
+    clip: float = 1.0
+    align_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    rank_weight: float = 1.0
+    contrastive_temperature: float = 0.05
+    rank_temperature: float = 0.05
+    hard_negatives: int = 4  # sampled per query per step from the teacher's top ``hard_pool`` non-positives
+    hard_pool: int = 30
+    rank_top_k: int = 32
+    patience: int = 4  # epochs without a better dev Recall@10 before stopping
+    seed: int = 0
+
+
+@dataclass
+class Split:
+    """One data set ready for training: cached states, teacher vectors, positives and teacher rankings."""
+
+    data: RetrievalData
+    states: HiddenStateCache
+    corpus: np.ndarray  # (N, D) teacher document vectors
+    targets: np.ndarray  # (n, D) teacher vectors of the alignment targets
+
+    def positives(self) -> list[list[int]]:
+        index = {doc_id: i for i, doc_id in enumerate(self.data.doc_ids)}
+        by_id = {q["id"]: q for q in self.data.queries}
+        return [[index[d] for d in self.data.qrels[by_id[qid]["id"]] if d in index] for qid in self.states.ids]
+
+
+def _spans(split: Split, config: TrainConfig) -> list[torch.Tensor]:
+    views = []
+    for i in range(len(split.states.ids)):
+        start, end = select_tokens(split.states.encoded(i), config.tokens, config.max_input_tokens)
+        views.append(split.states.example(i)[start:end])
+    return views
+
+
+def encode_split(head: ProjectionHead, views: list[torch.Tensor], batch_size: int = 128) -> np.ndarray:
+    """Head vectors of cached examples (evaluation mode)."""
+    head.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(views), batch_size):
+            batch, mask = pad_states([v.float() for v in views[start : start + batch_size]])
+            out.append(head(batch, mask).numpy())
+    return np.concatenate(out)
+
+
+def dev_metrics(head: ProjectionHead, views: list[torch.Tensor], dev: Split) -> dict[str, float]:
+    run = top_k_run(dev.states.ids, dev.data.doc_ids, encode_split(head, views), dev.corpus)
+    return retrieval_metrics({qid: dev.data.qrels[qid] for qid in dev.states.ids}, run)
+
+
+def train_head(
+    train: list[Split], dev: Split, config: TrainConfig, base: HeadConfig, log_path: Path | None = None
+) -> ProjectionHead:
+    """Train a head on ``train`` with early stopping on ``dev`` Recall@10; returns the best head."""
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    # One global document matrix; each query's candidates come from its own split's corpus.
+    docs = torch.from_numpy(np.concatenate([s.corpus for s in train]))
+    views, targets, positives, hard, rank_top = [], [], [], [], []
+    offset = 0
+    for split in train:
+        views += _spans(split, config)
+        targets.append(torch.from_numpy(split.targets))
+        scores = torch.from_numpy(split.targets) @ torch.from_numpy(split.corpus).T
+        top = scores.topk(min(config.hard_pool + 10, scores.shape[1]), dim=1).indices
+        for row, pos in enumerate(split.positives()):
+            positives.append([p + offset for p in pos])
+            hard.append([int(c) + offset for c in top[row] if int(c) not in pos][: config.hard_pool])
+            rank_top.append(top[row, : config.rank_top_k] + offset)
+        offset += split.corpus.shape[0]
+    targets = torch.cat(targets)
+    rank_top = torch.stack(rank_top)
+    keep = [i for i, p in enumerate(positives) if p]
+    dev_views = _spans(dev, config)
+
+    head = ProjectionHead(base)
+    align, contrast = AlignmentLoss(), ContrastiveLoss(config.contrastive_temperature)
+    rank = RankDistillationLoss(config.rank_temperature)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(keep) / config.batch_size)
+    warmup = max(1, int(config.warmup * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    best, best_state, history, stale = -1.0, None, [], 0
+    for epoch in range(config.epochs):
+        head.train()
+        random.shuffle(keep)
+        started, totals = time.time(), {"align": 0.0, "contrastive": 0.0, "rank": 0.0}
+        for start in tqdm(range(0, len(keep), config.batch_size), desc=f"epoch {epoch + 1}", leave=False):
+            rows = keep[start : start + config.batch_size]
+            batch, mask = pad_states([views[i].float() for i in rows])
+            student = head(batch, mask)
+            target = targets[rows]
+            chosen = [random.choice(positives[i]) for i in rows]
+            negatives = [n for i in rows for n in random.sample(hard[i], min(config.hard_negatives, len(hard[i])))]
+            candidates = sorted(set(chosen) | set(negatives))
+            column = {doc: c for c, doc in enumerate(candidates)}
+            labels = torch.tensor([column[d] for d in chosen])
+            ignore = torch.zeros((len(rows), len(candidates)), dtype=torch.bool)
+            for r, i in enumerate(rows):
+                for p in positives[i]:
+                    if p in column and p != chosen[r]:
+                        ignore[r, column[p]] = True
+            losses = {
+                "align": align(student, target),
+                "contrastive": contrast(student, docs[candidates], labels, ignore),
+                "rank": rank(student, target, docs[rank_top[rows]]),
+            }
+            weights = {
+                "align": config.align_weight,
+                "contrastive": config.contrastive_weight,
+                "rank": config.rank_weight,
+            }
+            loss = sum(weights[name] * value for name, value in losses.items() if weights[name] > 0)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), config.clip)
+            optimizer.step()
+            schedule.step()
+            for name, value in losses.items():
+                totals[name] += float(value) * len(rows) / len(keep)
+        metrics = dev_metrics(head, dev_views, dev)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                **{f"loss_{k}": round(v, 4) for k, v in totals.items()},
+                **metrics,
+                "seconds": round(time.time() - started, 1),
+            }
+        )
+        tqdm.write(json.dumps(history[-1]))
+        if metrics["recall@10"] > best:
+            best, best_state, stale = metrics["recall@10"], copy.deepcopy(head.state_dict()), 0
+            best_metrics = metrics
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    head.load_state_dict(best_state)
+    head.config.metrics = {"dev": {"data": dev.data.name, **best_metrics}, "history": history}
+    head.config.training = {
+        "config": asdict(config),
+        "data": [{"name": s.data.name, "queries": len(s.states.ids), "passages": len(s.data.corpus)} for s in train],
+    }
+    if log_path is not None:
+        log_path.write_text(json.dumps(history, indent=2))
+    return head.eval()
+
+
+def head_config(config: TrainConfig, llm: dict, teacher: dict, prompt_format: PromptFormat) -> HeadConfig:
+    """The HeadConfig for a new head trained with ``config`` on this LLM and teacher."""
+    return HeadConfig(
+        hidden_size=llm["hidden_size"],
+        output_dim=teacher["dim"],
+        architecture=config.architecture,
+        input_mode=config.input_mode,
+        tokens=config.tokens,
+        layers=list(config.layers),
+        max_input_tokens=config.max_input_tokens,
+        d_model=config.d_model,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        dropout=config.dropout,
+        llm=llm,
+        teacher=teacher,
+        prompt_format=prompt_format.to_dict(),
+    )
