@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .conversation import validate_conversation
+from .conversation import clean_query, rewrite_messages, validate_conversation
 from .index import SearchHit
 
 ANSWER_SYSTEM_PROMPT = "Answer the user's last question in one short sentence, using only these passages:"
@@ -37,3 +37,8 @@ def generate_text(model, tokenizer, messages: Sequence[dict], max_new_tokens: in
         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
     )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def generate_query(model, tokenizer, messages: Sequence, max_new_tokens: int = 32) -> str:
+    """The agent LLM rewrites the last turn into a standalone search query (greedy; generate-then-encode)."""
+    return clean_query(generate_text(model, tokenizer, rewrite_messages(messages), max_new_tokens))

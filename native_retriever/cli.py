@@ -159,17 +159,31 @@ def cmd_eval(args) -> None:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     data = load_data(args.data, max_queries=args.max_queries)
     teacher = Teacher.from_pretrained(args.teacher)
-    context = query = None
+    llm = context = query = None
     if any(s in systems for s in ("generate-then-encode", "native-context", "native-query")):
-        model, tokenizer = load_llm(args.llm)
-        context = NativeEmbedder(model, tokenizer, head=args.head, teacher=teacher)
+        llm = load_llm(args.llm)
+        if "native-context" in systems:
+            context = NativeEmbedder(*llm, head=args.head, teacher=teacher)
         if "native-query" in systems:
-            query = NativeEmbedder(model, tokenizer, head=args.query_head or DEFAULT_QUERY_HEAD, teacher=teacher)
+            query = NativeEmbedder(*llm, head=args.query_head or DEFAULT_QUERY_HEAD, teacher=teacher)
+    cache = Path(args.generated_queries) if args.generated_queries else None
+    generated = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     report = evaluate_systems(
-        data, systems, context_embedder=context, query_embedder=query, teacher=teacher, batch_size=args.batch_size
+        data,
+        systems,
+        llm=llm,
+        context_embedder=context,
+        query_embedder=query,
+        teacher=teacher,
+        batch_size=args.batch_size,
+        generated_queries=generated,
     )
+    if cache and generated:
+        cache.write_text(json.dumps(generated, indent=1) + "\n")
     report["heads"] = {
-        name: str(e.head.config.llm.get("name")) for name, e in (("context", context), ("query", query)) if e
+        name: e.head.config.to_dict() | {"training": None, "metrics": e.head.config.metrics.get("dev")}
+        for name, e in (("native-context", context), ("native-query", query))
+        if e
     }
     for name, metrics in report["systems"].items():
         print(
@@ -252,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-queries", type=int, help="the first N judged queries in file order")
     evaluate.add_argument("--output", help="write the JSON report here")
     evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--generated-queries", help="JSON file of generated search queries, read and extended")
     _add_models(evaluate)
     evaluate.set_defaults(func=cmd_eval)
     return parser

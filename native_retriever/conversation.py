@@ -152,7 +152,7 @@ def clean_query(text: str) -> str:
     for line in text.strip().splitlines():
         line = line.strip().strip('"').strip()
         if line.lower().startswith(("query:", "search query:")):
-            line = line.split(":", 1)[1].strip()
+            line = line.split(":", 1)[1].strip().strip('"').strip()  # Query: "..." is common too
         if line:
             return line
     return text.strip()

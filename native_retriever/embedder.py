@@ -11,13 +11,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .agent import generate_text
+from .agent import generate_query
 from .conversation import (
     EncodedConversation,
     PromptFormat,
-    clean_query,
     encode_conversation,
-    rewrite_messages,
 )
 from .errors import DimensionMismatchError
 from .heads import ProjectionHead
@@ -116,6 +114,8 @@ class NativeEmbedder:
         self.head = head if isinstance(head, ProjectionHead) else ProjectionHead.from_pretrained(head or DEFAULT_HEAD)
         if check_compatible:
             self.head.check_compatible(llm=llm_info(model))
+            if isinstance(teacher, Teacher):  # a teacher loaded by name is checked when it loads
+                self.head.check_compatible(teacher=teacher.info)
         self._teacher = teacher
         self._teacher_lock = threading.Lock()
         self.prompt_format = PromptFormat.from_dict(self.head.config.prompt_format)
@@ -209,8 +209,7 @@ class NativeEmbedder:
 
     def generate_query(self, messages: Sequence, max_new_tokens: int = 32) -> str:
         """The agent LLM rewrites the last turn into a standalone search query (greedy; generate-then-encode)."""
-        text = generate_text(self.model, self.tokenizer, rewrite_messages(messages), max_new_tokens)
-        return clean_query(text)
+        return generate_query(self.model, self.tokenizer, messages, max_new_tokens)
 
     def _require_mode(self, mode: str) -> None:
         if self.head.config.input_mode != mode:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .agent import generate_query
+
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
 
 
@@ -62,16 +64,20 @@ def evaluate_systems(
     data,
     systems: Sequence[str] = SYSTEMS,
     *,
+    llm=None,
     context_embedder=None,
     query_embedder=None,
     teacher=None,
     batch_size: int = 8,
     max_new_tokens: int = 32,
+    generated_queries: dict[str, str] | None = None,
 ) -> dict:
     """Score each named system on ``data`` (a RetrievalData) over the same corpus and queries.
 
-    ``context_embedder`` / ``query_embedder``: NativeEmbedders with a ``context`` / ``query`` head on one shared
-    LLM; ``generate-then-encode`` uses the context embedder's LLM to write the query and the teacher to encode it.
+    ``llm``: ``(model, tokenizer)`` of the agent LLM that writes queries for ``generate-then-encode`` (the teacher
+    encodes them); ``context_embedder`` / ``query_embedder``: NativeEmbedders with a ``context`` / ``query`` head on
+    the same LLM.
+    ``generated_queries`` (query id -> text) holds queries written earlier; missing ones are generated and added.
     """
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -79,6 +85,7 @@ def evaluate_systems(
     qids = [q["id"] for q in data.queries]
     results: dict[str, dict] = {}
     generated: list[str] | None = None
+    known = generated_queries if generated_queries is not None else {}
     corpus = teacher.encode([d["text"] for d in data.corpus], show_progress=True) if teacher is not None else None
 
     def score(name: str, vectors: np.ndarray) -> None:
@@ -92,11 +99,9 @@ def evaluate_systems(
         elif name == "teacher-history":
             score(name, teacher.encode([teacher.history_query(q["messages"]) for q in data.queries]))
         elif name in ("generate-then-encode", "native-query") and generated is None:
-            llm = context_embedder or query_embedder
-            generated = [
-                llm.generate_query(q["messages"], max_new_tokens=max_new_tokens)
-                for q in tqdm(data.queries, desc="Generating search queries")
-            ]
+            for q in tqdm([q for q in data.queries if q["id"] not in known], desc="Generating search queries"):
+                known[q["id"]] = generate_query(*llm, q["messages"], max_new_tokens=max_new_tokens)
+            generated = [known[qid] for qid in qids]
         if name == "generate-then-encode":
             score(name, teacher.encode([g or q["question"] for g, q in zip(generated, data.queries)]))
         elif name == "native-query":
@@ -122,5 +127,5 @@ def evaluate_systems(
             }
     report = {"data": data.name, "queries": len(qids), "passages": len(data.corpus), "systems": results}
     if generated is not None:
-        report["generated_queries"] = [{"id": i, "query": g} for i, g in zip(qids[:20], generated[:20])]
+        report["generated_queries_sample"] = [{"id": i, "query": g} for i, g in zip(qids[:20], generated[:20])]
     return report

@@ -1,0 +1,193 @@
+"""Tests for native_retriever.conversation: validation, window truncation, token spans, rewrite helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from native_retriever.conversation import (
+    REWRITE_INSTRUCTION,
+    PromptFormat,
+    clean_query,
+    encode_conversation,
+    history_text,
+    rewrite_messages,
+    validate_conversation,
+)
+from native_retriever.errors import ConversationError
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def system(text: str) -> dict:
+    return {"role": "system", "content": text}
+
+
+LONG_FIRST = user("Tell me everything about the Zorblat festival in Quenwick and the paper lanterns shaped like owls.")
+SHORT_REPLY = assistant("It is in spring.")
+SECOND = user("Who built the Tessaline bridge?")
+SECOND_REPLY = assistant("A clever family from Karrowmere.")
+QUESTION = user("When should I visit it?")
+CONVERSATION = [LONG_FIRST, SHORT_REPLY, SECOND, SECOND_REPLY, QUESTION]
+
+
+# -- validation -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("messages", "problem", "fix"),
+    [
+        ([], "empty", "at least one user message"),
+        ([user("hi"), assistant("hello")], "ends with a assistant", "must end with the user's current question"),
+        ([{"role": "user", "content": ["a", "b"]}], "content of type list", "join multi-part content"),
+        ("What is the Zorblat festival?", "not a string", "embed_query"),
+        ([user("hi"), system("be brief"), user("ok?")], "Message 1 is a system message", "only the first"),
+        ([{"role": "tool", "content": "x"}], "role 'tool'", "use one of system, user, assistant"),
+        ([user("hi"), assistant("hello"), user("   ")], "current question", "is empty"),
+        (["just text"], "Message 0 is str", "dict with 'role' and 'content'"),
+    ],
+)
+def test_validate_rejects_bad_conversations_naming_problem_and_fix(messages, problem, fix):
+    with pytest.raises(ConversationError) as info:
+        validate_conversation(messages)
+    assert problem in str(info.value)
+    assert fix in str(info.value)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still work
+
+
+def test_validate_returns_plain_dicts_and_drops_extra_keys():
+    messages = [system("sys"), {"role": "user", "content": "q?", "name": "bob"}]
+    assert validate_conversation(messages) == [system("sys"), user("q?")]
+
+
+# -- truncation -----------------------------------------------------------------------------------------------
+def _length(tokenizer, messages, fmt=None, query=None) -> int:
+    return len(encode_conversation(tokenizer, messages, fmt or PromptFormat(max_tokens=10_000), query).input_ids)
+
+
+def test_fits_unchanged(tiny_tokenizer):
+    encoded = encode_conversation(tiny_tokenizer, CONVERSATION, PromptFormat(max_tokens=10_000))
+    assert encoded.dropped_messages == 0
+    text = tiny_tokenizer.decode(encoded.input_ids)
+    assert text == tiny_tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+
+
+def test_truncation_keeps_system_prompt_and_question_and_starts_with_user(tiny_tokenizer):
+    fmt_prompt = "You answer questions about made-up places."
+    sys_msg = system(fmt_prompt)
+    # Dropping only the first user turn would fit, but would leave an assistant turn at the front: it goes too.
+    window = _length(tiny_tokenizer, [sys_msg, SHORT_REPLY, SECOND, SECOND_REPLY, QUESTION])
+    assert window < _length(tiny_tokenizer, [sys_msg, *CONVERSATION])
+    fmt = PromptFormat(system_prompt=fmt_prompt, max_tokens=window)
+
+    encoded = encode_conversation(tiny_tokenizer, CONVERSATION, fmt)
+
+    expected = encode_conversation(tiny_tokenizer, [sys_msg, SECOND, SECOND_REPLY, QUESTION], fmt)
+    assert encoded.input_ids == expected.input_ids
+    assert encoded.dropped_messages == 2
+    assert len(encoded.input_ids) <= window
+    text = tiny_tokenizer.decode(encoded.input_ids)
+    assert text.startswith(f"<|im_start|>system\n{fmt_prompt}<|im_end|>\n<|im_start|>user\n{SECOND['content']}")
+    assert "Zorblat" not in text and SHORT_REPLY["content"] not in text
+    assert QUESTION["content"] in text
+
+
+def test_truncation_without_system_prompt_drops_oldest_turns(tiny_tokenizer):
+    window = _length(tiny_tokenizer, [QUESTION])
+    encoded = encode_conversation(tiny_tokenizer, CONVERSATION, PromptFormat(max_tokens=window))
+    assert encoded.dropped_messages == 4
+    assert encoded.input_ids == encode_conversation(tiny_tokenizer, [QUESTION]).input_ids
+    # the chat template's own default system prompt is still rendered
+    assert tiny_tokenizer.decode(encoded.input_ids).startswith("<|im_start|>system\nYou are a helpful assistant.")
+
+
+def test_conversation_system_message_is_kept_when_cutting(tiny_tokenizer):
+    messages = [system("Be brief."), *CONVERSATION]
+    window = _length(tiny_tokenizer, [system("Be brief."), QUESTION])
+    encoded = encode_conversation(tiny_tokenizer, messages, PromptFormat(system_prompt="ignored", max_tokens=window))
+    text = tiny_tokenizer.decode(encoded.input_ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhen should I visit it?")
+    assert encoded.dropped_messages == 4
+
+
+def test_question_longer_than_window_is_refused(tiny_tokenizer):
+    question = user("Where is the Zorblat festival " + "and the lanterns " * 40 + "?")
+    with pytest.raises(ConversationError) as info:
+        encode_conversation(tiny_tokenizer, [LONG_FIRST, SHORT_REPLY, question], PromptFormat(max_tokens=40))
+    message = str(info.value)
+    assert "current question alone" in message and "window of 40" in message
+    assert "raise PromptFormat.max_tokens" in message
+
+
+# -- spans ----------------------------------------------------------------------------------------------------
+def test_last_user_span_decodes_to_the_question(tiny_tokenizer):
+    encoded = encode_conversation(tiny_tokenizer, CONVERSATION)
+    start, end = encoded.last_user
+    assert tiny_tokenizer.decode(encoded.input_ids[start:end]).strip() == QUESTION["content"]
+    assert encoded.query is None
+
+
+def test_last_user_span_is_the_last_occurrence_of_a_repeated_question(tiny_tokenizer):
+    messages = [user("Who built it?"), assistant("A family."), user("Who built it?")]
+    encoded = encode_conversation(tiny_tokenizer, messages)
+    start, end = encoded.last_user
+    assert tiny_tokenizer.decode(encoded.input_ids[start:end]).strip() == "Who built it?"
+    assert tiny_tokenizer.decode(encoded.input_ids[end:]).startswith("<|im_end|>\n<|im_start|>assistant")
+
+
+def test_query_span_decodes_to_the_appended_query(tiny_tokenizer):
+    query = "Zorblat festival visiting season"
+    encoded = encode_conversation(tiny_tokenizer, CONVERSATION, query=query)
+    start, end = encoded.query
+    assert end == len(encoded.input_ids)
+    assert tiny_tokenizer.decode(encoded.input_ids[start:end]).strip() == query
+    assert tiny_tokenizer.decode(encoded.input_ids[:start]).endswith("<|im_start|>assistant\n")
+    # the conversation's tokens are the same prefix as without the query
+    plain = encode_conversation(tiny_tokenizer, CONVERSATION)
+    assert encoded.input_ids[:start] == plain.input_ids
+    assert encoded.last_user == plain.last_user
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+def test_rewrite_messages_is_one_user_message_with_transcript_and_instruction():
+    rewritten = rewrite_messages([system("hidden"), *CONVERSATION])
+    assert len(rewritten) == 1 and rewritten[0]["role"] == "user"
+    content = rewritten[0]["content"]
+    assert content.startswith(f"User: {LONG_FIRST['content']}\nAssistant: {SHORT_REPLY['content']}\n")
+    assert f"User: {QUESTION['content']}\n\n" in content
+    assert content.endswith(REWRITE_INSTRUCTION)
+    assert "hidden" not in content
+
+
+def test_rewrite_messages_validates():
+    with pytest.raises(ConversationError):
+        rewrite_messages([user("hi"), assistant("hello")])
+
+
+@pytest.mark.parametrize(
+    ("generated", "expected"),
+    [
+        ("Zorblat festival dates", "Zorblat festival dates"),
+        ('  "Zorblat festival dates"  ', "Zorblat festival dates"),
+        ("Query: Zorblat festival dates\nsome explanation", "Zorblat festival dates"),
+        ("search query: Zorblat festival", "Zorblat festival"),
+        ('Query: "Zorblat festival"', "Zorblat festival"),
+        ("\n\n  Zorblat festival\n", "Zorblat festival"),
+        ("Query:\nZorblat festival", "Zorblat festival"),
+    ],
+)
+def test_clean_query(generated, expected):
+    assert clean_query(generated) == expected
+
+
+def test_history_text_joins_contents_without_system():
+    assert history_text([system("s"), *CONVERSATION], last=2) == f"{SECOND_REPLY['content']}\n{QUESTION['content']}"
+
+
+def test_prompt_format_round_trip():
+    fmt = PromptFormat(system_prompt="x", max_tokens=77)
+    assert PromptFormat.from_dict(fmt.to_dict()) == fmt
+    assert PromptFormat.from_dict({"max_tokens": 5, "unknown": 1}) == PromptFormat(max_tokens=5)
