@@ -93,14 +93,17 @@ def conversations() -> list[tuple[str, list[dict], int]]:
     return out
 
 
+FILLER_WORDS = (
+    "the a an of to in and is was for on with as by at from it this that what who when where why how "
+    "can should could would tell me about visit see built first near famous quiet people many yes "
+    "trip worth local stories say clever family visitors come assistant user system helpful question "
+    "answer search query rewrite standalone conversation names everything refers last only one"
+)
+
+
 def tokenizer_lines() -> list[str]:
     rng = random.Random(3)
-    words = (
-        "the a an of to in and is was for on with as by at from it this that what who when where why how "
-        "can should could would tell me about visit see built first near famous quiet people many yes "
-        "trip worth local stories say clever family visitors come assistant user system helpful question "
-        "answer search query rewrite standalone conversation names everything refers last only one"
-    ).split()
+    words = FILLER_WORDS.split()
     lines = [passage_text(t) for t in TOPICS] * 3
     for _ in range(300):
         lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))).capitalize() + ".")

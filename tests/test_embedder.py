@@ -111,7 +111,10 @@ def test_context_and_query_heads_refuse_the_other_mode(tiny_llm, tiny_tokenizer,
 
 def test_query_head_embeds_generated_queries(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
     embedder = NativeEmbedder(
-        tiny_llm, tiny_tokenizer, head=tiny_head_factory("transformer", input_mode="query", tokens="query"), teacher=teacher
+        tiny_llm,
+        tiny_tokenizer,
+        head=tiny_head_factory("transformer", input_mode="query", tokens="query"),
+        teacher=teacher,
     )
     queries = ["Zorblat festival", "Mirravel river best season", "who built it", "Tessaline bridge railings"]
     batch = embedder.embed_generated_queries(CONVERSATIONS, queries)

@@ -70,7 +70,9 @@ def test_save_overwrites_existing_head(tiny_head_factory, tmp_path):
     second.save_pretrained(tmp_path / "head")
     states, mask = _states([6])
     with torch.no_grad():
-        torch.testing.assert_close(ProjectionHead.from_pretrained(tmp_path / "head")(states, mask), second(states, mask))
+        torch.testing.assert_close(
+            ProjectionHead.from_pretrained(tmp_path / "head")(states, mask), second(states, mask)
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["head"]
 
 

@@ -1,0 +1,123 @@
+"""Tests for the native-retriever command on the tiny LLM, the real teacher and the tiny data folder."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from native_retriever.cli import main
+from native_retriever.heads import ProjectionHead
+
+DOCS = {
+    "festivals.md": "# Zorblat festival\n\nThe Zorblat festival in Quenwick fills the spring nights with paper "
+    "lanterns shaped like owls.\n\n# Brisquell dance\n\nIn Ostenfeld the Brisquell dancers balance bowls of water.\n",
+    "rivers.md": "# Mirravel river\n\nThe Mirravel river near Dunhollow has purple reeds along its banks.\n",
+    "notes.txt": "The Tessaline bridge in Karrowmere has copper railings that sing in the wind.\n",
+}
+
+
+@pytest.fixture(scope="module")
+def trained_head(tiny_data_folder, tiny_llm_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "head"
+    args = ["train-head", "--train", tiny_data_folder, "--dev", tiny_data_folder, "--output", str(out)]
+    args += ["--llm", tiny_llm_folder, "--cache", str(root / "cache"), "--epochs", "2", "--architecture", "linear"]
+    args += ["--d-model", "32", "--batch-size", "8", "--max-tokens", "256", "--lr", "0.003", "--rank-top-k", "8"]
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def index_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-index")
+    for name, text in DOCS.items():
+        (root / "docs" / name).parent.mkdir(exist_ok=True)
+        (root / "docs" / name).write_text(text)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["index", str(root / "docs"), "-o", str(root / "index")]) == 0
+    assert f"Indexed 4 passages from {root / 'docs'} into {root / 'index'}." in printed.getvalue()
+    return root / "index"
+
+
+def test_train_head_writes_a_loadable_head_folder(trained_head, tiny_llm_folder, tiny_data_folder):
+    assert {"config.json", "head.safetensors", "training_log.json"} <= {p.name for p in trained_head.iterdir()}
+    head = ProjectionHead.from_pretrained(trained_head)
+    config = head.config
+    assert config.architecture == "linear" and config.d_model == 32 and config.output_dim == 384
+    assert config.llm["name"] == tiny_llm_folder and config.llm["hidden_size"] == 64
+    assert config.teacher["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert config.prompt_format == {"system_prompt": None, "max_tokens": 256}
+    assert len(config.metrics["history"]) == 2
+    assert config.metrics["dev"]["data"] == "tiny"
+    assert config.training["config"]["epochs"] == 2
+    assert json.loads((trained_head / "training_log.json").read_text()) == config.metrics["history"]
+
+
+def test_eval_writes_a_json_report(trained_head, tiny_llm_folder, tiny_data_folder, tmp_path, capsys):
+    systems = ["bm25-question", "teacher-question", "teacher-history", "native-context"]
+    output = tmp_path / "reports" / "eval.json"
+    code = main(
+        ["eval", "--data", tiny_data_folder, "--llm", tiny_llm_folder, "--head", str(trained_head)]
+        + ["--systems", ",".join(systems), "--output", str(output)]
+    )
+    assert code == 0
+    report = json.loads(output.read_text())
+    assert list(report["systems"]) == systems
+    for name in systems:
+        metrics = report["systems"][name]
+        assert metrics["queries"] == report["queries"] > 30
+        for metric in ("recall@10", "mrr@10", "ndcg@10"):
+            assert 0.0 <= metrics[metric] <= 1.0, (name, metric)
+    # the teacher sees the topic names in the question, so it finds nearly every passage among 30
+    assert report["systems"]["teacher-question"]["recall@10"] >= 0.9
+    printed = capsys.readouterr().out
+    for name in systems:
+        assert name in printed
+
+
+def test_eval_with_an_unknown_system_is_refused(tiny_data_folder):
+    with pytest.raises(ValueError, match="Unknown systems \\['bm25'\\]; choose from bm25-question"):
+        main(["eval", "--data", tiny_data_folder, "--systems", "bm25"])
+
+
+def test_index_then_search_prints_hits(index_folder, trained_head, tiny_llm_folder, capsys):
+    code = main(
+        ["search", str(index_folder), "When is the Zorblat festival?", "--llm", tiny_llm_folder, "-k", "3"]
+        + ["--head", str(trained_head)]
+    )
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 3
+    for rank, line in enumerate(lines, 1):
+        assert line.strip().startswith(f"{rank}. [")
+    titles = {"Zorblat festival", "Brisquell dance", "Mirravel river", "notes"}
+    assert all(any(title in line for title in titles) for line in lines)
+
+
+def test_search_with_a_missing_head_folder_fails_cleanly(index_folder, tiny_llm_folder, tmp_path, capsys):
+    missing = tmp_path / "no-head"
+    code = main(["search", str(index_folder), "question", "--llm", tiny_llm_folder, "--head", str(missing)])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err.strip().splitlines()[-1]  # after transformers' own weight-loading progress bar
+    assert error.startswith("error: ")
+    assert str(missing / "config.json") in error and "is missing" in error and "train-head" in error
+
+
+def test_missing_llm_folder_fails_cleanly(index_folder, trained_head, tmp_path, capsys):
+    code = main(["search", str(index_folder), "q", "--llm", str(tmp_path / "no-llm"), "--head", str(trained_head)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "save_pretrained" in err
+
+
+def test_missing_data_folder_fails_cleanly(tmp_path, capsys):
+    code = main(["eval", "--data", str(tmp_path / "nothing"), "--systems", "bm25-question"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "data-format" in err

@@ -1,0 +1,216 @@
+"""Tests for native_retriever.training: resumable hidden-state cache, teacher targets, losses, the training loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import native_retriever.training.cache as cache_mod
+from native_retriever.conversation import PromptFormat, encode_conversation
+from native_retriever.data import load_data
+from native_retriever.embedder import llm_info, token_states
+from native_retriever.errors import NativeRetrieverError
+from native_retriever.heads import ProjectionHead
+from native_retriever.training.cache import cache_hidden_states, load_hidden_states, target_text, teacher_vectors
+from native_retriever.training.losses import AlignmentLoss, ContrastiveLoss, RankDistillationLoss
+from native_retriever.training.trainer import Split, TrainConfig, _spans, dev_metrics, head_config, train_head
+
+FMT = PromptFormat(max_tokens=256)
+SMALL = dict(
+    architecture="linear",
+    tokens="last_user",
+    d_model=32,
+    num_layers=1,
+    num_heads=2,
+    batch_size=8,
+    lr=3e-3,
+    hard_negatives=2,
+    rank_top_k=8,
+    patience=100,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_data_folder):
+    return load_data(tiny_data_folder)
+
+
+@pytest.fixture(scope="module")
+def split(tiny_llm, tiny_tokenizer, teacher, data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-cache")
+    states = cache_hidden_states(tiny_llm, tiny_tokenizer, data, root / "states", prompt_format=FMT, shard_size=16)
+    corpus, targets = teacher_vectors(teacher, data, root, "history")
+    return Split(data, states, corpus, targets)
+
+
+# -- hidden-state cache ---------------------------------------------------------------------------------------
+def test_cache_holds_the_inference_token_states(split, tiny_llm, tiny_tokenizer, data):
+    cache = split.states
+    assert cache.ids == [q["id"] for q in data.queries]
+    assert cache.states.dtype == torch.float16 and cache.states.shape[1] == 64
+    for i in (0, 17, len(cache.ids) - 1):
+        query = data.queries[i]
+        encoded = encode_conversation(tiny_tokenizer, query["messages"], FMT, query=query["question"])
+        expected = token_states(tiny_llm, [encoded.input_ids], [-1])[0]
+        torch.testing.assert_close(cache.example(i).float(), expected, atol=2e-2, rtol=1e-2)
+        assert cache.encoded(i).last_user == encoded.last_user
+        assert cache.encoded(i).query == encoded.query
+
+
+def test_cache_resumes_recomputing_only_a_missing_shard(tiny_llm, tiny_tokenizer, data, tmp_path, monkeypatch):
+    first = cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=16)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    assert len(shards) == math.ceil(len(data.queries) / 16) == 3
+    shards[1].unlink()
+
+    computed: list[int] = []
+
+    def counting(model, sequences, layers):
+        computed.append(len(sequences))
+        return token_states(model, sequences, layers)
+
+    monkeypatch.setattr(cache_mod, "token_states", counting)
+    second = cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=16)
+
+    assert sum(computed) == 16  # only the deleted shard's conversations went through the LLM again
+    assert second.ids == first.ids
+    torch.testing.assert_close(second.states, first.states, atol=0, rtol=0)
+    for name in ("offsets", "last_user", "query"):
+        assert torch.equal(getattr(second, name), getattr(first, name)), name
+
+    computed.clear()
+    third = cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=16)
+    assert computed == [] and third.ids == first.ids
+    assert load_hidden_states(folder).ids == first.ids
+
+
+def test_cache_refuses_states_of_another_llm(tiny_llm, tiny_tokenizer, data, tmp_path, make_tiny_llm):
+    cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=64)
+    other = make_tiny_llm(seed=5, initializer_range=0.05)
+    other.config.name_or_path = tiny_llm.config.name_or_path  # same name, other weights
+    with pytest.raises(NativeRetrieverError) as info:
+        cache_hidden_states(other, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=64)
+    assert "another LLM's weights" in str(info.value) and "delete it or use another cache" in str(info.value)
+
+
+def test_teacher_targets(teacher, data):
+    query = next(q for q in data.queries if len(q["messages"]) == 5)
+    assert target_text(teacher, query, "question") == query["question"]
+    assert target_text(teacher, query, "history") == "\n".join(m["content"] for m in query["messages"])
+    assert target_text(teacher, query, "history-2") == "\n".join(m["content"] for m in query["messages"][-2:])
+    with pytest.raises(ValueError, match="use question, history or history-N"):
+        target_text(teacher, query, "everything")
+
+
+def test_teacher_vectors_are_cached_and_unit_norm(split, data, teacher, tmp_path):
+    assert split.corpus.shape == (len(data.corpus), 384)
+    assert split.targets.shape == (len(data.queries), 384)
+    np.testing.assert_allclose(np.linalg.norm(split.targets, axis=1), 1.0, atol=1e-5)
+    corpus, _ = teacher_vectors(teacher, data, tmp_path, "question")
+    files = sorted(p.name for p in next(tmp_path.iterdir()).iterdir())
+    assert files == ["corpus.npy", "target-question.npy"]
+    np.testing.assert_allclose(corpus, split.corpus, atol=1e-6)
+
+
+# -- training -------------------------------------------------------------------------------------------------
+def _base(config: TrainConfig, tiny_llm, teacher):
+    return head_config(config, llm_info(tiny_llm), teacher.info, FMT)
+
+
+def test_train_head_beats_a_random_head_on_its_training_set(split, tiny_llm, teacher, tmp_path):
+    config = TrainConfig(**SMALL, epochs=5)
+    base = _base(config, tiny_llm, teacher)
+    random_recall = dev_metrics(ProjectionHead(base), _spans(split, config), split)["recall@10"]
+
+    head = train_head([split], split, config, base, log_path=tmp_path / "log.json")
+
+    trained = dev_metrics(head, _spans(split, config), split)
+    assert trained["recall@10"] >= random_recall + 0.3
+    assert trained["recall@10"] >= 0.8
+    history = head.config.metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert head.config.metrics["dev"]["recall@10"] == max(h["recall@10"] for h in history) == trained["recall@10"]
+    assert head.config.training["config"]["epochs"] == 5
+    assert head.config.training["data"][0]["queries"] == len(split.states.ids)
+    assert (tmp_path / "log.json").is_file()
+    assert not head.training
+    # the trained head round-trips with its history and config
+    head.save_pretrained(tmp_path / "head")
+    loaded = ProjectionHead.from_pretrained(tmp_path / "head")
+    assert loaded.config.metrics == head.config.metrics
+    assert loaded.config.prompt_format == FMT.to_dict()
+
+
+def test_early_stopping_keeps_the_best_epoch(split, tiny_llm, teacher):
+    config = TrainConfig(**{**SMALL, "patience": 1, "lr": 1e-6}, epochs=6)
+    head = train_head([split], split, config, _base(config, tiny_llm, teacher))
+    history = head.config.metrics["history"]
+    assert len(history) < 6  # stopped once dev Recall@10 stopped improving
+    assert head.config.metrics["dev"]["recall@10"] == max(h["recall@10"] for h in history)
+
+
+@pytest.mark.parametrize("zeroed", ["align_weight", "contrastive_weight", "rank_weight"])
+def test_each_loss_is_finite_and_can_be_switched_off(split, tiny_llm, teacher, zeroed):
+    config = TrainConfig(**SMALL, epochs=1, **{zeroed: 0.0})
+    base = _base(config, tiny_llm, teacher)
+    torch.manual_seed(config.seed)
+    initial = ProjectionHead(base).state_dict()
+
+    head = train_head([split], split, config, base)
+
+    (entry,) = head.config.metrics["history"]
+    for name in ("loss_align", "loss_contrastive", "loss_rank"):
+        assert math.isfinite(entry[name]), name
+    changed = [not torch.equal(initial[k], v) for k, v in head.state_dict().items()]
+    assert any(changed)  # the other two losses still train the head
+
+
+# -- losses ---------------------------------------------------------------------------------------------------
+def _unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_alignment_loss_is_zero_for_identical_vectors_and_two_for_opposite():
+    x = _unit(4, 16)
+    assert AlignmentLoss()(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert AlignmentLoss()(x, -x).item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_contrastive_loss_ignores_masked_false_negatives():
+    student = _unit(2, 16, seed=1)
+    docs = _unit(4, 16, seed=2)
+    docs[2] = student[0]  # another positive of query 0: a perfect match that must not count as a negative
+    labels = torch.tensor([0, 1])
+    loss = ContrastiveLoss(temperature=0.05)
+    ignore = torch.zeros(2, 4, dtype=torch.bool)
+    ignore[0, 2] = True
+
+    masked = loss(student, docs, labels, ignore)
+    without = (
+        F.cross_entropy((student[:1] @ docs[[0, 1, 3]].T) / 0.05, torch.tensor([0]))
+        + F.cross_entropy((student[1:] @ docs.T) / 0.05, torch.tensor([1]))
+    ) / 2
+    unmasked = loss(student, docs, labels, torch.zeros(2, 4, dtype=torch.bool))
+
+    assert torch.isfinite(masked)
+    assert masked.item() == pytest.approx(without.item(), rel=1e-5)
+    assert unmasked.item() > masked.item()
+
+
+def test_contrastive_loss_is_small_when_each_query_matches_its_positive():
+    docs = _unit(3, 16, seed=3)
+    loss = ContrastiveLoss()(docs.clone(), docs, torch.arange(3), torch.zeros(3, 3, dtype=torch.bool))
+    assert loss.item() < 0.5
+
+
+def test_rank_distillation_is_zero_when_student_equals_target():
+    target = _unit(3, 16, seed=4)
+    candidates = _unit(3, 8, 16, seed=5)
+    loss = RankDistillationLoss()
+    assert loss(target.clone(), target, candidates).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(_unit(3, 16, seed=6), target, candidates).item() > 0.01
