@@ -13,10 +13,12 @@ from pathlib import Path
 DEFAULT_QUERY_HEAD = files("native_retriever") / "heads" / "smollm2-minilm-query"
 
 
-def _embedder(args, head=None):
-    from .embedder import NativeEmbedder
+def _embedder(args):
+    from .embedder import DEFAULT_HEAD, NativeEmbedder
+    from .heads import ProjectionHead
 
-    return NativeEmbedder.from_pretrained(llm=args.llm, head=head or args.head, teacher=args.teacher)
+    head = ProjectionHead.from_pretrained(args.head or DEFAULT_HEAD)  # fails fast, before the LLM loads
+    return NativeEmbedder.from_pretrained(llm=args.llm, head=head, teacher=args.teacher)
 
 
 def _open_index(path: str, embedder):

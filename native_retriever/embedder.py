@@ -126,8 +126,8 @@ class NativeEmbedder:
     def from_pretrained(
         cls,
         llm: str | os.PathLike | None = None,
-        head: str | os.PathLike | None = None,
-        teacher: str | None = None,
+        head: ProjectionHead | str | os.PathLike | None = None,
+        teacher: Teacher | str | None = None,
         device: str | None = None,
     ) -> NativeEmbedder:
         """Load the LLM (default: SmolLM2-135M-Instruct) and wrap it; mostly for scripts and the CLI."""

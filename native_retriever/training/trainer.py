@@ -166,7 +166,7 @@ def train_head(
             optimizer.step()
             schedule.step()
             for name, value in losses.items():
-                totals[name] += float(value) * len(rows) / len(keep)
+                totals[name] += float(value.detach()) * len(rows) / len(keep)
         metrics = dev_metrics(head, dev_views, dev)
         history.append(
             {
