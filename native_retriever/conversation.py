@@ -17,10 +17,13 @@ from .errors import ConversationError
 
 ROLES = ("system", "user", "assistant")
 
+# generate-then-encode: the conversation's recent turns as chat, then this request about the last question.
+# Chosen over a transcript-in-one-message prompt, which SmolLM2-135M continues instead of rewriting.
 REWRITE_INSTRUCTION = (
-    "Rewrite the last question of this conversation as one standalone search query that names everything "
-    "it refers to. Answer with the query only."
+    "Rewrite this question so it can be understood without the conversation, replacing pronouns with names: "
+    '"{question}"'
 )
+REWRITE_CONTEXT_MESSAGES = 6
 
 
 @dataclass(frozen=True)
@@ -141,10 +144,13 @@ def history_text(messages: Sequence, last: int | None = None) -> str:
 
 
 def rewrite_messages(messages: Sequence) -> list[dict]:
-    """The generate-then-encode prompt: one user message with the transcript and the rewrite instruction."""
+    """The generate-then-encode prompt: the recent turns, then a request to rewrite the last question."""
     checked = [m for m in validate_conversation(messages) if m["role"] != "system"]
-    transcript = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in checked)
-    return [{"role": "user", "content": f"{transcript}\n\n{REWRITE_INSTRUCTION}"}]
+    context = checked[:-1][-REWRITE_CONTEXT_MESSAGES:]
+    while context and context[0]["role"] != "user":
+        context = context[1:]
+    request = REWRITE_INSTRUCTION.format(question=checked[-1]["content"])
+    return [*context, {"role": "user", "content": request}]
 
 
 def clean_query(text: str) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .agent import generate_query
+from .agent import generate_queries
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
 
@@ -99,8 +99,11 @@ def evaluate_systems(
         elif name == "teacher-history":
             score(name, teacher.encode([teacher.history_query(q["messages"]) for q in data.queries]))
         elif name in ("generate-then-encode", "native-query") and generated is None:
-            for q in tqdm([q for q in data.queries if q["id"] not in known], desc="Generating search queries"):
-                known[q["id"]] = generate_query(*llm, q["messages"], max_new_tokens=max_new_tokens)
+            missing = [q for q in data.queries if q["id"] not in known]
+            for start in tqdm(range(0, len(missing), batch_size), desc="Generating search queries"):
+                chunk = missing[start : start + batch_size]
+                texts = generate_queries(*llm, [q["messages"] for q in chunk], max_new_tokens=max_new_tokens)
+                known.update({q["id"]: text for q, text in zip(chunk, texts)})
             generated = [known[qid] for qid in qids]
         if name == "generate-then-encode":
             score(name, teacher.encode([g or q["question"] for g, q in zip(generated, data.queries)]))

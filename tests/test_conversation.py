@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from native_retriever.conversation import (
+    REWRITE_CONTEXT_MESSAGES,
     REWRITE_INSTRUCTION,
     PromptFormat,
     clean_query,
@@ -152,14 +153,17 @@ def test_query_span_decodes_to_the_appended_query(tiny_tokenizer):
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
-def test_rewrite_messages_is_one_user_message_with_transcript_and_instruction():
+def test_rewrite_messages_keeps_recent_turns_and_asks_for_a_standalone_question():
     rewritten = rewrite_messages([system("hidden"), *CONVERSATION])
-    assert len(rewritten) == 1 and rewritten[0]["role"] == "user"
-    content = rewritten[0]["content"]
-    assert content.startswith(f"User: {LONG_FIRST['content']}\nAssistant: {SHORT_REPLY['content']}\n")
-    assert f"User: {QUESTION['content']}\n\n" in content
-    assert content.endswith(REWRITE_INSTRUCTION)
-    assert "hidden" not in content
+    assert rewritten[:-1] == CONVERSATION[:-1]  # the earlier turns as chat, without the agent's system prompt
+    assert rewritten[-1] == user(REWRITE_INSTRUCTION.format(question=QUESTION["content"]))
+
+
+def test_rewrite_messages_keeps_at_most_the_recent_turns_starting_with_a_user_turn():
+    turns = [user(f"question {n}") if n % 2 == 0 else assistant(f"answer {n}") for n in range(11)]
+    rewritten = rewrite_messages(turns)
+    assert len(rewritten) - 1 <= REWRITE_CONTEXT_MESSAGES and rewritten[0]["role"] == "user"
+    assert rewritten[-2] == turns[-2]
 
 
 def test_rewrite_messages_validates():
