@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .conversation import validate_conversation
+from .conversation import history_text, validate_conversation
 from .errors import DataFormatError
 from .models import DEFAULT_TEACHER, MINILM_ALIASES, resolve_teacher, weight_fingerprint
 
@@ -65,17 +65,13 @@ class Teacher:
         return np.asarray(vectors, dtype=np.float32)
 
     def history_query(self, messages: Sequence, last: int | None = None) -> str:
-        """The conversation as one query text, cut from the oldest messages to fit the teacher's window."""
+        """The conversation as one query text (``history_text``), cut from the oldest messages to fit the window."""
         contents = [m["content"] for m in validate_conversation(messages) if m["role"] != "system"]
-        if last is not None:
-            contents = contents[-last:]
-        tokenizer = self.model.tokenizer
-        budget = self.max_tokens - 2
-        kept: list[str] = []
-        used = 0
-        for content in reversed(contents):
-            used += len(tokenizer.tokenize(content)) + 1
-            if kept and used > budget:
+        recent = contents if last is None else contents[-last:]
+        budget, used, keep = self.max_tokens - 2, 0, 0
+        for content in reversed(recent):
+            used += len(self.model.tokenizer.tokenize(content)) + 1
+            if keep and used > budget:
                 break
-            kept.append(content)
-        return "\n".join(reversed(kept))
+            keep += 1
+        return history_text(messages, last=keep)
