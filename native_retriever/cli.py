@@ -140,7 +140,10 @@ def cmd_train_head(args) -> None:
         corpus, targets = teacher_vectors(teacher, data, root, config.target)
         return Split(data, states, corpus, targets)
 
-    train = [split(folder, args.max_train_queries) for folder in args.train]
+    limits = args.max_train_queries or [None]
+    if len(limits) not in (1, len(args.train)):
+        raise SystemExit("--max-train-queries takes one number, or one per --train folder.")
+    train = [split(folder, limits[min(i, len(limits) - 1)]) for i, folder in enumerate(args.train)]
     dev = split(args.dev, args.max_dev_queries)
     base = head_config(config, llm_info(model), teacher.info, fmt)
     output = Path(args.output)
@@ -252,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--llm")
     train.add_argument("--teacher")
     train.add_argument("--cache", help="cache folder (default: $NATIVE_RETRIEVER_HOME/training)")
-    train.add_argument("--max-train-queries", type=int, help="first N judged queries of each training folder")
+    train.add_argument(
+        "--max-train-queries", type=int, nargs="+", help="first N judged queries of each training folder (or one N each)"
+    )
     train.add_argument("--max-dev-queries", type=int)
     train.add_argument("--max-tokens", type=int, default=512, help="conversation window in LLM tokens")
     _add_train_config(train)

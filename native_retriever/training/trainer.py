@@ -32,6 +32,7 @@ class TrainConfig:
     tokens: str = "all"
     layers: list[int] = field(default_factory=lambda: [-1])
     max_input_tokens: int = 256
+    pool_window: int = 1
     d_model: int = 256
     num_layers: int = 2
     num_heads: int = 4
@@ -205,6 +206,7 @@ def head_config(config: TrainConfig, llm: dict, teacher: dict, prompt_format: Pr
         tokens=config.tokens,
         layers=list(config.layers),
         max_input_tokens=config.max_input_tokens,
+        pool_window=config.pool_window,
         d_model=config.d_model,
         num_layers=config.num_layers,
         num_heads=config.num_heads,
