@@ -256,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--teacher")
     train.add_argument("--cache", help="cache folder (default: $NATIVE_RETRIEVER_HOME/training)")
     train.add_argument(
-        "--max-train-queries", type=int, nargs="+", help="first N judged queries of each training folder (or one N each)"
+        "--max-train-queries",
+        type=int,
+        nargs="+",
+        help="first N judged queries of each training folder (or one N each)",
     )
     train.add_argument("--max-dev-queries", type=int)
     train.add_argument("--max-tokens", type=int, default=512, help="conversation window in LLM tokens")

@@ -23,7 +23,7 @@ from .errors import HeadFileError, IncompatibleHeadError
 from .models import fingerprints_match
 
 HEAD_FORMAT = "native-retriever-head"
-ARCHITECTURES = ("linear", "transformer")
+ARCHITECTURES = ("linear", "attention", "transformer")
 TOKEN_SELECTIONS = ("all", "last_user", "last", "query")
 INPUT_MODES = ("context", "query")
 
@@ -89,6 +89,29 @@ class LinearHead(nn.Module):
         return self.proj(self.norm(masked_mean(states, mask)))
 
 
+class AttentionPoolHead(nn.Module):
+    """Multi-head attention pooling: each head weights the tokens (by content and distance from the end), the
+    weighted means are concatenated and mapped linearly. Reads the whole conversation at the cost of a linear head."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.score = nn.Linear(config.hidden_size, config.num_heads)
+        self.recency = nn.Embedding(config.max_input_tokens, config.num_heads)
+        nn.init.zeros_(self.recency.weight)
+        self.dropout = nn.Dropout(config.dropout)
+        self.proj = nn.Linear(config.num_heads * config.hidden_size, config.output_dim)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+        distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, self.recency.num_embeddings - 1)
+        hidden = self.norm(states)
+        logits = (self.score(hidden) + self.recency(distance)).masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        weights = torch.softmax(logits, dim=1)  # (B, T, heads), over tokens
+        pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
+        return self.proj(self.dropout(pooled))
+
+
 class TransformerHead(nn.Module):
     """The paper's head: input projection, a small Transformer encoder over the tokens, mean pool, output projection.
 
@@ -139,7 +162,8 @@ class ProjectionHead(nn.Module):
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
         self.config = config
-        self.body = LinearHead(config) if config.architecture == "linear" else TransformerHead(config)
+        bodies = {"linear": LinearHead, "attention": AttentionPoolHead, "transformer": TransformerHead}
+        self.body = bodies[config.architecture](config)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.body(states, mask).float(), dim=-1)

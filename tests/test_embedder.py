@@ -49,7 +49,7 @@ def test_embedders_share_the_model_object(tiny_llm, tiny_tokenizer, tiny_head_fa
     assert not head_ptrs & set(ptrs.values())  # the heads are the only new parameters
 
 
-@pytest.mark.parametrize("architecture", ["linear", "transformer"])
+@pytest.mark.parametrize("architecture", ["linear", "attention", "transformer"])
 def test_single_conversation_equals_its_row_in_a_padded_batch(
     tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, architecture
 ):

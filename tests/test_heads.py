@@ -11,7 +11,7 @@ import native_retriever.heads as heads_mod
 from native_retriever.errors import HeadFileError, IncompatibleHeadError
 from native_retriever.heads import HeadConfig, ProjectionHead
 
-ARCHITECTURES = ["linear", "transformer"]
+ARCHITECTURES = ["linear", "attention", "transformer"]
 
 
 def _states(lengths: list[int], hidden: int = 64, seed: int = 0, pad_to: int | None = None):
@@ -144,7 +144,7 @@ def test_failed_save_leaves_previous_head_intact(tiny_head_factory, tmp_path, mo
 
 
 def test_config_rejects_unknown_choices():
-    with pytest.raises(ValueError, match="architecture='mlp'; use one of linear, transformer"):
+    with pytest.raises(ValueError, match="architecture='mlp'; use one of linear, attention, transformer"):
         HeadConfig(hidden_size=8, output_dim=4, architecture="mlp")
     with pytest.raises(ValueError, match="tokens='query' needs input_mode='query'"):
         HeadConfig(hidden_size=8, output_dim=4, tokens="query")
@@ -191,3 +191,19 @@ def test_check_compatible_refuses_another_teacher(tiny_head_factory, teacher):
     assert "teacher field 'dim' differs (head: 384, given: 768)" in message
     assert "Use the head trained for this teacher" in message
     assert isinstance(info.value, ValueError)
+
+
+def test_pooled_transformer_reads_windows_from_the_end_and_ignores_padding(tiny_head_factory):
+    head = tiny_head_factory("transformer", pool_window=4)
+    states, mask = _states([10, 3])
+    padded_states, padded_mask = _states([10, 3], pad_to=16)
+    padded_states[:, :10] = states
+    with torch.no_grad():
+        out = head(states, mask)
+        torch.testing.assert_close(out, head(padded_states, padded_mask), atol=1e-5, rtol=1e-4)
+        pooled, used, _ = head.body.pool(states, mask)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+    # 10 tokens -> windows [6:10], [2:6], [0:2]; the most recent window comes first
+    torch.testing.assert_close(pooled[0, 0], states[0, 6:10].mean(0))
+    torch.testing.assert_close(pooled[0, 2], states[0, 0:2].mean(0))
+    assert used[0].tolist()[:4] == [True, True, True, False] and used[1].tolist()[:2] == [True, False]
