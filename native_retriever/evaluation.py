@@ -129,6 +129,4 @@ def evaluate_systems(
                 for m in METRICS
             }
     report = {"data": data.name, "queries": len(qids), "passages": len(data.corpus), "systems": results}
-    if generated is not None:
-        report["generated_queries_sample"] = [{"id": i, "query": g} for i, g in zip(qids[:20], generated[:20])]
     return report
