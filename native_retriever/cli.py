@@ -36,23 +36,27 @@ def _show_hits(hits, width: int = 100) -> None:
         print(f"    {rank}. [{hit.score:.3f}] {title}: {text[:width]}{'...' if len(text) > width else ''}")
 
 
+def demo_index(embedder):
+    """The shipped demo corpus indexed with the embedder's teacher, and the demo's scripted conversation."""
+    from .index import VectorIndex
+
+    data = files("native_retriever") / "resources"
+    corpus = [json.loads(line) for line in (data / "demo_corpus.jsonl").read_text().splitlines() if line.strip()]
+    index = VectorIndex(embedder.dimension, info={"teacher": embedder.teacher.info})
+    texts = [d["text"] for d in corpus]
+    index.add(
+        [d["id"] for d in corpus], embedder.embed_documents(texts), texts, [{"title": d["title"]} for d in corpus]
+    )
+    return index, json.loads((data / "demo_conversation.json").read_text())
+
+
 def cmd_demo(args) -> None:
     """Index the shipped demo corpus, then hold a scripted multi-turn conversation retrieving natively."""
     from .agent import generate_answer
-    from .index import VectorIndex
 
     started = time.perf_counter()
     embedder = _embedder(args)
-    data = files("native_retriever") / "resources"
-    corpus = [json.loads(line) for line in (data / "demo_corpus.jsonl").read_text().splitlines() if line.strip()]
-    script = json.loads((data / "demo_conversation.json").read_text())
-    index = VectorIndex(embedder.dimension, info={"teacher": embedder.teacher.info})
-    index.add(
-        [d["id"] for d in corpus],
-        embedder.embed_documents([d["text"] for d in corpus]),
-        [d["text"] for d in corpus],
-        [{"title": d["title"]} for d in corpus],
-    )
+    index, script = demo_index(embedder)
     print(
         f"Loaded {embedder.head.config.llm.get('name')} + head, indexed {len(index)} passages with the teacher "
         f"in {time.perf_counter() - started:.1f} s.\n"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
-from native_retriever import NativeEmbedder, VectorIndex
-from native_retriever.cli import main
+from native_retriever import NativeEmbedder
+from native_retriever.cli import demo_index, main
 
 pytestmark = pytest.mark.slow
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -21,16 +20,7 @@ def embedder() -> NativeEmbedder:
 
 
 def test_demo_conversation_retrieves_the_right_passages(embedder):
-    resources = files("native_retriever") / "resources"
-    corpus = [json.loads(line) for line in (resources / "demo_corpus.jsonl").read_text().splitlines() if line]
-    script = json.loads((resources / "demo_conversation.json").read_text())
-    index = VectorIndex(embedder.dimension, info={"teacher": embedder.teacher.info})
-    index.add(
-        [d["id"] for d in corpus],
-        embedder.embed_documents([d["text"] for d in corpus]),
-        [d["text"] for d in corpus],
-        [{"title": d["title"]} for d in corpus],
-    )
+    index, script = demo_index(embedder)
     messages, found = [], 0
     for turn, expected in zip(script["turns"], script["expected_topic_titles"]):
         messages.append({"role": "user", "content": turn})
