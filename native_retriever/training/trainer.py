@@ -67,8 +67,7 @@ class Split:
 
     def positives(self) -> list[list[int]]:
         index = {doc_id: i for i, doc_id in enumerate(self.data.doc_ids)}
-        by_id = {q["id"]: q for q in self.data.queries}
-        return [[index[d] for d in self.data.qrels[by_id[qid]["id"]] if d in index] for qid in self.states.ids]
+        return [[index[d] for d in self.data.qrels[qid] if d in index] for qid in self.states.ids]
 
 
 def _spans(split: Split, config: TrainConfig) -> list[torch.Tensor]:
