@@ -160,21 +160,30 @@ def cmd_train_head(args) -> None:
 def cmd_eval(args) -> None:
     """Score the retrieval systems side by side on one data folder; print and optionally write JSON."""
     from .data import load_data
-    from .embedder import NativeEmbedder
-    from .evaluation import evaluate_systems
+    from .embedder import DEFAULT_HEAD, NativeEmbedder
+    from .evaluation import SYSTEMS, evaluate_systems
+    from .heads import ProjectionHead
     from .models import load_llm
     from .teacher import Teacher
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
     data = load_data(args.data, max_queries=args.max_queries)
+    # Heads load before the LLM, so a wrong path fails at once.
+    context_head = ProjectionHead.from_pretrained(args.head or DEFAULT_HEAD) if "native-context" in systems else None
+    query_head = (
+        ProjectionHead.from_pretrained(args.query_head or DEFAULT_QUERY_HEAD) if "native-query" in systems else None
+    )
     teacher = Teacher.from_pretrained(args.teacher)
     llm = context = query = None
     if any(s in systems for s in ("generate-then-encode", "native-context", "native-query")):
         llm = load_llm(args.llm)
-        if "native-context" in systems:
-            context = NativeEmbedder(*llm, head=args.head, teacher=teacher)
-        if "native-query" in systems:
-            query = NativeEmbedder(*llm, head=args.query_head or DEFAULT_QUERY_HEAD, teacher=teacher)
+        if context_head is not None:
+            context = NativeEmbedder(*llm, head=context_head, teacher=teacher)
+        if query_head is not None:
+            query = NativeEmbedder(*llm, head=query_head, teacher=teacher)
     cache = Path(args.generated_queries) if args.generated_queries else None
     generated = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     report = evaluate_systems(
