@@ -118,6 +118,7 @@ class NativeEmbedder:
                 self.head.check_compatible(teacher=teacher.info)
         self._teacher = teacher
         self._teacher_lock = threading.Lock()
+        self._lock = threading.RLock()  # one forward at a time: safe from threads and executor calls
         self.prompt_format = PromptFormat.from_dict(self.head.config.prompt_format)
         parameter = next(model.parameters())
         self.head.to(device=parameter.device).eval()
@@ -162,6 +163,12 @@ class NativeEmbedder:
             return self.head(batch, mask).cpu().numpy().astype(np.float32)
 
     def _embed(self, encoded: list[EncodedConversation], batch_size: int, show_progress: bool | None) -> np.ndarray:
+        with self._lock:
+            return self._embed_locked(encoded, batch_size, show_progress)
+
+    def _embed_locked(
+        self, encoded: list[EncodedConversation], batch_size: int, show_progress: bool | None
+    ) -> np.ndarray:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
         vectors = np.zeros((len(encoded), self.dimension), dtype=np.float32)
         show = len(encoded) > batch_size if show_progress is None else show_progress
@@ -179,7 +186,9 @@ class NativeEmbedder:
     ) -> np.ndarray:
         """Head-mode ``context`` vectors of many conversations: (N, D), one prefill each, no generation."""
         self._require_mode("context")
-        return self._embed([self.encode(c) for c in conversations], batch_size, show_progress)
+        with self._lock:  # the fast tokenizer is not safe to share between threads
+            encoded = [self.encode(c) for c in conversations]
+        return self._embed(encoded, batch_size, show_progress)
 
     def embed_conversation(self, messages: Sequence) -> np.ndarray:
         """Head-mode ``context`` vector of one conversation ending with the user's question: (D,)."""
@@ -200,7 +209,8 @@ class NativeEmbedder:
     ) -> np.ndarray:
         """Head-mode ``query`` vectors: states of the search-query tokens generated after each conversation."""
         self._require_mode("query")
-        encoded = [self.encode(c, query=q) for c, q in zip(conversations, queries, strict=True)]
+        with self._lock:
+            encoded = [self.encode(c, query=q) for c, q in zip(conversations, queries, strict=True)]
         return self._embed(encoded, batch_size, show_progress)
 
     def embed_generated_query(self, messages: Sequence, query: str) -> np.ndarray:
@@ -209,7 +219,8 @@ class NativeEmbedder:
 
     def generate_query(self, messages: Sequence, max_new_tokens: int = 32) -> str:
         """The agent LLM rewrites the last turn into a standalone search query (greedy; generate-then-encode)."""
-        return generate_query(self.model, self.tokenizer, messages, max_new_tokens)
+        with self._lock:
+            return generate_query(self.model, self.tokenizer, messages, max_new_tokens)
 
     def _require_mode(self, mode: str) -> None:
         if self.head.config.input_mode != mode:
