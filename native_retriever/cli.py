@@ -148,7 +148,10 @@ def cmd_train_head(args) -> None:
     if len(limits) not in (1, len(args.train)):
         raise SystemExit("--max-train-queries takes one number, or one per --train folder.")
     train = [split(folder, limits[min(i, len(limits) - 1)]) for i, folder in enumerate(args.train)]
-    dev = split(args.dev, args.max_dev_queries)
+    if args.dev_holdout:
+        train[0], dev = train[0].split_off(args.dev_holdout)
+    else:
+        dev = split(args.dev, args.max_dev_queries)
     base = head_config(config, llm_info(model), teacher.info, fmt)
     output = Path(args.output)
     head = train_head(train, dev, config, base)
@@ -263,7 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train-head", help="train a projection head on data folders (docs/data-format.md)")
     train.add_argument("--train", nargs="+", required=True, help="training data folders")
-    train.add_argument("--dev", required=True, help="data folder for model selection (early stopping)")
+    selection = train.add_mutually_exclusive_group(required=True)
+    selection.add_argument("--dev", help="data folder for model selection (early stopping)")
+    selection.add_argument(
+        "--dev-holdout",
+        type=int,
+        metavar="N",
+        help="hold out the last N conversations (by story_id) of the first --train folder for model selection",
+    )
     train.add_argument("--output", "-o", required=True, help="head folder to write")
     train.add_argument("--llm")
     train.add_argument("--teacher")

@@ -214,3 +214,27 @@ def test_rank_distillation_is_zero_when_student_equals_target():
     loss = RankDistillationLoss()
     assert loss(target.clone(), target, candidates).item() == pytest.approx(0.0, abs=1e-6)
     assert loss(_unit(3, 16, seed=6), target, candidates).item() > 0.01
+
+
+def test_split_off_holds_out_whole_conversations(split):
+    stories = {qid: f"story-{i // 3}" for i, qid in enumerate(split.states.ids)}  # three turns a conversation
+    for query in split.data.queries:
+        query["story_id"] = stories[query["id"]]
+    try:
+        rest, held = split.split_off(2)
+        with pytest.raises(ValueError, match="Cannot hold out"):
+            split.split_off(len(set(stories.values())))
+    finally:
+        for query in split.data.queries:
+            del query["story_id"]
+    last_two = set(list(dict.fromkeys(stories[q] for q in reversed(split.states.ids)))[:2])
+    assert {stories[q] for q in held.states.ids} == last_two
+    assert not {stories[q] for q in rest.states.ids} & last_two
+    assert len(rest.states.ids) + len(held.states.ids) == len(split.states.ids)
+    for part in (rest, held):
+        assert set(part.data.qrels) == set(part.states.ids) == {q["id"] for q in part.data.queries}
+        for row, qid in enumerate(part.states.ids):
+            i = split.states.ids.index(qid)
+            assert torch.equal(part.states.example(row), split.states.example(i))
+            assert part.states.encoded(row) == split.states.encoded(i)
+            np.testing.assert_array_equal(part.targets[row], split.targets[i])

@@ -45,6 +45,14 @@ class HiddenStateCache:
     def example(self, i: int) -> torch.Tensor:
         return self.states[self.offsets[i] : self.offsets[i + 1]]
 
+    def select(self, rows: list[int]) -> HiddenStateCache:
+        """A new cache holding examples ``rows`` (in that order)."""
+        lengths = torch.tensor([0] + [int(self.offsets[i + 1] - self.offsets[i]) for i in rows])
+        states = torch.cat([self.example(i) for i in rows]) if rows else self.states[:0]
+        return HiddenStateCache(
+            [self.ids[i] for i in rows], states, lengths.cumsum(0), self.last_user[rows], self.query[rows]
+        )
+
 
 def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

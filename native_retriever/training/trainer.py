@@ -65,6 +65,28 @@ class Split:
     corpus: np.ndarray  # (N, D) teacher document vectors
     targets: np.ndarray  # (n, D) teacher vectors of the alignment targets
 
+    def split_off(self, conversations: int) -> tuple[Split, Split]:
+        """(rest, held out): the last ``conversations`` conversations (by ``story_id``) held out for model selection.
+
+        Turns of one conversation share passages, so they stay on one side of the split.
+        """
+        by_id = {q["id"]: q for q in self.data.queries}
+        groups = [by_id[qid].get("story_id", qid) for qid in self.states.ids]
+        order = list(dict.fromkeys(reversed(groups)))  # conversations, last first
+        if not 0 < conversations < len(order):
+            raise ValueError(f"Cannot hold out {conversations} of {len(order)} conversations of {self.data.name}.")
+        held = set(order[:conversations])
+        return self._subset([i for i, g in enumerate(groups) if g not in held]), self._subset(
+            [i for i, g in enumerate(groups) if g in held]
+        )
+
+    def _subset(self, rows: list[int]) -> Split:
+        states = self.states.select(rows)
+        keep = set(states.ids)
+        queries = [q for q in self.data.queries if q["id"] in keep]
+        data = RetrievalData(self.data.name, self.data.corpus, queries, {q: self.data.qrels[q] for q in keep})
+        return Split(data, states, self.corpus, self.targets[rows])
+
     def positives(self) -> list[list[int]]:
         index = {doc_id: i for i, doc_id in enumerate(self.data.doc_ids)}
         return [[index[d] for d in self.data.qrels[qid] if d in index] for qid in self.states.ids]
