@@ -230,6 +230,16 @@ class NativeEmbedder:
                 f"or load a head trained for {mode!r}."
             )
 
+    def capture(self):
+        """Observe the agent's own next prefill of ``self.model`` and embed it with the head, no extra LLM pass.
+
+        ``with embedder.capture() as cap: out = model.generate(**batch)``, then ``cap.vectors()`` (B, D). The prompt
+        must be ``self.encode(messages).input_ids`` (batches left-padded). See ``native_retriever.capture``.
+        """
+        from .capture import ConversationCapture
+
+        return ConversationCapture(self)
+
     # -- document side ----------------------------------------------------------------------------------------
     def embed_documents(
         self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None
