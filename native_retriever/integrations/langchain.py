@@ -1,0 +1,367 @@
+"""LangChain drop-in: native query embeddings, a retriever over our index or any ``VectorStore``, chat history.
+
+* :class:`NativeEmbeddings` is a LangChain ``Embeddings``: ``embed_query`` runs the agent LLM and the projection
+  head, ``embed_documents`` the teacher. The plain ``Embeddings`` API only sees the question, so
+  ``with embeddings.conversation(chat_history): ...`` binds the current conversation (a contextvar: it follows
+  ``asyncio`` tasks and LangChain's executor calls) and ``embed_query`` then embeds the whole conversation.
+* :class:`NativeRetriever` is a ``BaseRetriever`` over a :class:`~native_retriever.VectorIndex` or a LangChain
+  ``VectorStore``; ``invoke(question, chat_history=[...], k=...)``. :meth:`NativeRetriever.with_history` gives the
+  runnable that takes ``{"input", "chat_history"}`` and replaces ``create_history_aware_retriever``: no rewrite step.
+* ``from_llm`` takes the ``ChatHuggingFace`` / ``HuggingFacePipeline`` the agent already runs, so the agent and the
+  retriever share one copy of the weights.
+
+Needs the ``langchain`` extra: ``pip install "native-retriever[langchain]"``.
+"""
+# ruff: noqa: E402  (the imports below must come after the check that names the extra)
+
+from __future__ import annotations
+
+from . import require
+
+require("langchain_core", "langchain")
+
+import asyncio
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.messages import BaseMessage
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from pydantic import ConfigDict, field_validator
+
+from ..embedder import NativeEmbedder
+from ..errors import ConversationError, DimensionMismatchError
+from ..index import VectorIndex
+
+__all__ = [
+    "NativeEmbeddings",
+    "NativeRetriever",
+    "bind_conversation",
+    "model_and_tokenizer",
+    "to_chat_messages",
+    "with_question",
+]
+
+#: LangChain message types and role names -> our roles; ``None``: left out (tool results are not conversation turns).
+ROLES: dict[str, str | None] = {
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "developer": "system",
+    "tool": None,
+    "function": None,
+}
+LANGCHAIN_TYPES = (
+    "langchain_core.messages (HumanMessage, AIMessage, SystemMessage), (role, text) tuples "
+    "or {'role': ..., 'content': ...} dicts"
+)
+
+_BOUND: ContextVar[tuple[dict, ...] | None] = ContextVar("native_retriever_langchain_conversation", default=None)
+
+
+# -- messages ---------------------------------------------------------------------------------------------------
+def _text(content: Any, position: int) -> str:
+    """Text of a message content: a string, or the text parts of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p if isinstance(p, str) else p.get("text", "") for p in content if isinstance(p, (str, dict))]
+        return "\n".join(part for part in parts if part)
+    raise ConversationError(f"Message {position} has content of type {type(content).__name__}; give text.")
+
+
+def _role_and_text(message: Any, position: int) -> tuple[str | None, str]:
+    if isinstance(message, BaseMessage):
+        kind = message.type.removesuffix("MessageChunk").lower()
+        name = getattr(message, "role", kind) if kind == "chat" else kind
+        return _role(name, position), _text(message.content, position)
+    if type(message).__module__.startswith("llama_index"):
+        raise ConversationError(
+            f"Message {position} is a LlamaIndex {type(message).__name__}; the LangChain integration takes "
+            f"{LANGCHAIN_TYPES}. For LlamaIndex use native_retriever.integrations.llama_index."
+        )
+    if isinstance(message, tuple) and len(message) == 2:
+        return _role(message[0], position), _text(message[1], position)
+    if isinstance(message, Mapping) and "content" in message and ("role" in message or "type" in message):
+        return _role(message.get("role", message.get("type")), position), _text(message["content"], position)
+    raise ConversationError(f"Message {position} is a {type(message).__name__}; give {LANGCHAIN_TYPES}.")
+
+
+def _role(name: Any, position: int) -> str | None:
+    if not isinstance(name, str) or name.lower() not in ROLES:
+        raise ConversationError(
+            f"Message {position} has role {name!r}; use one of human/user, ai/assistant, system (tool results "
+            "are left out)."
+        )
+    return ROLES[name.lower()]
+
+
+def to_chat_messages(history: Sequence | None) -> list[dict]:
+    """LangChain chat history as our ``{"role", "content"}`` dicts (tool messages and empty AI turns left out)."""
+    if history is None:
+        return []
+    if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
+        raise ConversationError(
+            f"The chat history must be a list of messages, not a {type(history).__name__}; give {LANGCHAIN_TYPES}."
+        )
+    converted = []
+    for position, message in enumerate(history):
+        role, text = _role_and_text(message, position)
+        if role is None or (role == "assistant" and not text.strip()):
+            continue
+        converted.append({"role": role, "content": text})
+    return converted
+
+
+def with_question(history: Sequence | None, question: str) -> list[dict]:
+    """The conversation to embed: the history, then the question as the last user turn (unless it already is)."""
+    if not isinstance(question, str):
+        raise ConversationError(f"The question must be a string, got {type(question).__name__}.")
+    if not question.strip():
+        what = "and the chat history is empty" if not history else "(the chat history alone is not a question)"
+        raise ConversationError(f"The question is empty {what}; pass the user's current question.")
+    messages = to_chat_messages(history)
+    if not (messages and messages[-1]["role"] == "user" and messages[-1]["content"].strip() == question.strip()):
+        messages.append({"role": "user", "content": question})
+    return messages
+
+
+@contextlib.contextmanager
+def bind_conversation(history: Sequence | None) -> Iterator[list[dict]]:
+    """Within the block, :class:`NativeEmbeddings` and :class:`NativeRetriever` embed ``history`` + the question.
+
+    An empty history (a first turn) is allowed. The binding is a contextvar: it reaches ``asyncio`` tasks created
+    inside the block and LangChain's ``run_in_executor`` / ``asyncio.to_thread``, but not threads started by hand.
+    """
+    messages = to_chat_messages(history)
+    token = _BOUND.set(tuple(messages))
+    try:
+        yield messages
+    finally:
+        _BOUND.reset(token)
+
+
+# -- the LLM the user already has -------------------------------------------------------------------------------
+def model_and_tokenizer(llm: Any) -> tuple[Any, Any]:
+    """The transformers model and tokenizer inside a ``ChatHuggingFace``, ``HuggingFacePipeline`` or pipeline."""
+    if isinstance(llm, tuple) and len(llm) == 2:
+        return llm
+    found = llm
+    if not hasattr(found, "pipeline") and hasattr(found, "llm"):  # ChatHuggingFace wraps an LLM
+        found = found.llm
+    pipeline = getattr(found, "pipeline", found)  # HuggingFacePipeline holds a transformers pipeline
+    model, tokenizer = getattr(pipeline, "model", None), getattr(pipeline, "tokenizer", None)
+    if model is None or tokenizer is None or not hasattr(model, "config") or not callable(model):
+        raise TypeError(
+            f"Cannot find local transformers weights in {type(llm).__name__}. Native retrieval reads the hidden "
+            "states of the agent's own model: pass a ChatHuggingFace or HuggingFacePipeline over a local "
+            "transformers model (not an endpoint), a transformers pipeline, or (model, tokenizer)."
+        )
+    return model, tokenizer
+
+
+# -- embeddings -------------------------------------------------------------------------------------------------
+class NativeEmbeddings(Embeddings):
+    """LangChain ``Embeddings``: queries through the agent LLM and the head, documents through the teacher.
+
+    ``embedder`` is a :class:`~native_retriever.NativeEmbedder` (or any embedder with the same public methods).
+    Inside ``with embeddings.conversation(chat_history):`` ``embed_query(question)`` embeds the conversation.
+    """
+
+    def __init__(self, embedder: Any) -> None:
+        for name in ("embed_conversation", "embed_query", "embed_documents", "dimension"):
+            if not hasattr(embedder, name):
+                raise TypeError(
+                    f"NativeEmbeddings wraps a NativeEmbedder, got {type(embedder).__name__} (no {name!r}); "
+                    "use NativeEmbeddings.from_llm(llm) to build one from a LangChain LLM."
+                )
+        self.embedder = embedder
+
+    @classmethod
+    def from_llm(cls, llm: Any, head: Any = None, teacher: Any = None) -> NativeEmbeddings:
+        """Share the weights of a ``ChatHuggingFace`` / ``HuggingFacePipeline`` (or ``(model, tokenizer)``)."""
+        model, tokenizer = model_and_tokenizer(llm)
+        return cls(NativeEmbedder(model, tokenizer, head=head, teacher=teacher))
+
+    @property
+    def dimension(self) -> int:
+        return int(self.embedder.dimension)
+
+    def conversation(self, history: Sequence | None) -> contextlib.AbstractContextManager[list[dict]]:
+        """Bind the current conversation for ``embed_query`` (see :func:`bind_conversation`)."""
+        return bind_conversation(history)
+
+    def embed_conversation(self, history: Sequence | None, question: str) -> list[float]:
+        """The native vector of ``history`` followed by ``question``."""
+        messages = with_question(history, question)
+        if len(messages) == 1:
+            return self.embedder.embed_query(question).tolist()
+        return self.embedder.embed_conversation(messages).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """The native vector of ``text`` in the bound conversation (if any)."""
+        return self.embed_conversation(_BOUND.get(), text)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Teacher vectors (the space the head was trained into)."""
+        if not texts:
+            return []
+        return self.embedder.embed_documents(list(texts)).tolist()
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)  # copies the context: the binding goes along
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+
+def _as_embeddings(value: Any) -> NativeEmbeddings:
+    return value if isinstance(value, NativeEmbeddings) else NativeEmbeddings(value)
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"k must be a positive integer (the number of documents to return), got {k!r}")
+    return k
+
+
+def store_dimension(store: Any) -> int | None:
+    """The vector dimension of a store when it can be read without a query (None: unknown)."""
+    if isinstance(store, VectorIndex):
+        return store.dim
+    dim = getattr(getattr(store, "index", None), "d", None)  # langchain_community FAISS
+    if isinstance(dim, int):
+        return dim
+    records = getattr(store, "store", None)  # InMemoryVectorStore: {id: {"vector": [...], ...}}
+    if isinstance(records, dict) and records:
+        first = next(iter(records.values()))
+        if isinstance(first, dict) and first.get("vector") is not None:
+            return len(first["vector"])
+    embeddings = getattr(store, "embeddings", None)
+    return embeddings.dimension if isinstance(embeddings, NativeEmbeddings) else None
+
+
+# -- retriever --------------------------------------------------------------------------------------------------
+class NativeRetriever(BaseRetriever):
+    """Retrieves with the agent's own hidden states from a ``VectorIndex`` or any LangChain ``VectorStore``.
+
+    ``invoke(question, chat_history=[...], k=...)``; without ``chat_history`` the conversation bound with
+    :func:`bind_conversation` is used, if any. Documents carry the record id, its metadata and ``metadata["score"]``
+    (inner product for a ``VectorIndex``, the store's own score otherwise; absent when the store gives none).
+    """
+
+    embeddings: NativeEmbeddings
+    store: Any
+    k: int = 4
+    score_key: str = "score"
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        store = self.store
+        if not isinstance(store, VectorIndex) and not callable(getattr(store, "similarity_search_by_vector", None)):
+            raise TypeError(
+                f"store must be a native_retriever.VectorIndex or a LangChain VectorStore with "
+                f"similarity_search_by_vector, got {type(store).__name__}"
+            )
+        self._check_dimension()
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _embeddings(cls, value: Any) -> NativeEmbeddings:
+        return _as_embeddings(value)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, value: int) -> int:
+        return _check_k(value)
+
+    @classmethod
+    def from_llm(cls, llm: Any, store: Any, *, head: Any = None, teacher: Any = None, k: int = 4) -> NativeRetriever:
+        """A retriever sharing the weights of the agent's ``ChatHuggingFace`` / ``HuggingFacePipeline``."""
+        return cls(embeddings=NativeEmbeddings.from_llm(llm, head=head, teacher=teacher), store=store, k=k)
+
+    def _check_dimension(self) -> None:
+        dim, want = store_dimension(self.store), self.embeddings.dimension
+        if dim is not None and dim != want:
+            raise DimensionMismatchError(
+                f"The vector store holds {dim}-d vectors but the head gives {want}-d query vectors; index the "
+                "documents with NativeEmbeddings.embed_documents (the head's teacher), or load the head trained "
+                "for the store's embedding model."
+            )
+
+    def with_history(self, input_key: str = "input", history_key: str = "chat_history") -> Runnable:
+        """A runnable ``{"input", "chat_history"} -> list[Document]`` for ``create_retrieval_chain``.
+
+        It takes the place of ``create_history_aware_retriever``: the conversation is embedded as it is, with no
+        question rewrite by the LLM. Callbacks and tracing nest under it.
+        """
+
+        def unpack(inputs: Any) -> tuple[str, Any]:
+            if not isinstance(inputs, Mapping) or input_key not in inputs:
+                got = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
+                raise ConversationError(
+                    f"The history-aware retriever takes a dict with {input_key!r} (the question) and "
+                    f"{history_key!r} (the chat history), got {got}."
+                )
+            return inputs[input_key], inputs.get(history_key) or []
+
+        def retrieve(inputs: Any, config: RunnableConfig) -> list[Document]:
+            question, history = unpack(inputs)
+            return self.invoke(question, config, chat_history=history)
+
+        async def aretrieve(inputs: Any, config: RunnableConfig) -> list[Document]:
+            question, history = unpack(inputs)
+            return await self.ainvoke(question, config, chat_history=history)
+
+        return RunnableLambda(retrieve, afunc=aretrieve, name="native_history_aware_retriever")
+
+    def _retrieve(self, query: str, k: int | None, chat_history: Sequence | None) -> list[Document]:
+        k = _check_k(self.k if k is None else k)
+        history = _BOUND.get() if chat_history is None else chat_history
+        vector = self.embeddings.embed_conversation(history, query)
+        self._check_dimension()
+        key = self.score_key
+        if isinstance(self.store, VectorIndex):
+            hits = self.store.search(vector, k=k)[0]
+            return [Document(id=h.id, page_content=h.text, metadata={**h.metadata, key: h.score}) for h in hits]
+        if callable(getattr(self.store, "similarity_search_with_score_by_vector", None)):
+            pairs = self.store.similarity_search_with_score_by_vector(vector, k=k)
+        else:
+            pairs = [(doc, None) for doc in self.store.similarity_search_by_vector(vector, k=k)]
+        return [
+            Document(
+                id=doc.id,
+                page_content=doc.page_content,
+                metadata={**doc.metadata, **({} if score is None else {key: float(score)})},
+            )
+            for doc, score in pairs
+        ]
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        chat_history: Sequence | None = None,
+    ) -> list[Document]:
+        return self._retrieve(query, k, chat_history)
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        chat_history: Sequence | None = None,
+    ) -> list[Document]:
+        return await asyncio.to_thread(self._retrieve, query, k, chat_history)
