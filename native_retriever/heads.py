@@ -103,6 +103,8 @@ class AttentionPoolHead(nn.Module):
         self.proj = nn.Linear(config.num_heads * config.hidden_size, config.output_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.is_grad_enabled():
+            return self._fast_forward(states, mask)
         position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
         distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, self.recency.num_embeddings - 1)
         hidden = self.norm(states)
@@ -110,6 +112,26 @@ class AttentionPoolHead(nn.Module):
         weights = torch.softmax(logits, dim=1)  # (B, T, heads), over tokens
         pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
         return self.proj(self.dropout(pooled))
+
+    def _fast_forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Inference path: the same math as ``forward`` without module calls, dropout, embedding lookups or masking
+        when one row has no padding (the batch-1 query path). Outputs equal the training-path outputs."""
+        hidden = F.layer_norm(states, states.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
+        recency = self.recency.weight
+        batch, length = mask.shape
+        limit = recency.shape[0]
+        if batch == 1 and length <= limit and bool(mask.all()):
+            # distance from the end is length-1-t: the first `length` recency rows, reversed.
+            logits = F.linear(hidden[0], self.score.weight, self.score.bias) + recency[:length].flip(0)
+            weights = torch.softmax(logits, dim=0)  # (T, heads)
+            pooled = (weights.t() @ hidden[0]).view(1, -1)
+        else:
+            position = torch.arange(length, device=mask.device).unsqueeze(0)
+            distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, limit - 1)
+            logits = F.linear(hidden, self.score.weight, self.score.bias) + recency[distance]
+            weights = torch.softmax(logits.masked_fill(~mask.unsqueeze(-1), float("-inf")), dim=1)
+            pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
+        return F.linear(pooled, self.proj.weight, self.proj.bias)
 
 
 class TransformerHead(nn.Module):
