@@ -95,14 +95,12 @@ def test_hooks_are_removed_on_exit_and_on_error(tiny_llm, tiny_tokenizer, tiny_h
     with embedder.capture() as cap:
         assert _hook_count(tiny_llm) == before + 4  # call, return, one layer, base output
     assert _hook_count(tiny_llm) == before and not cap.active
-    with pytest.raises(ZeroDivisionError):
-        with embedder.capture():
-            _generate(tiny_llm, _batch(embedder, CONVERSATIONS[:1]))
-            1 / 0  # noqa: B018
+    with pytest.raises(ZeroDivisionError), embedder.capture():
+        _generate(tiny_llm, _batch(embedder, CONVERSATIONS[:1]))
+        1 / 0  # noqa: B018
     assert _hook_count(tiny_llm) == before
-    with pytest.raises(IndexError):  # a forward that fails inside the block (token id out of range)
-        with embedder.capture():
-            tiny_llm(input_ids=torch.tensor([[10**6]]))
+    with pytest.raises(IndexError), embedder.capture():  # a forward that fails inside the block (bad token id)
+        tiny_llm(input_ids=torch.tensor([[10**6]]))
     assert _hook_count(tiny_llm) == before
     # the embedder's lock was released: another thread can embed
     done = []
@@ -184,9 +182,8 @@ def test_query_mode_head_reads_the_generated_query_tokens(tiny_llm, tiny_tokeniz
 def test_a_capture_cannot_be_reopened_and_bad_layers_are_refused(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
     embedder = _embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher)
     cap = embedder.capture()
-    with cap:
-        with pytest.raises(CaptureError, match="already open"):
-            cap.__enter__()
+    with cap, pytest.raises(CaptureError, match="already open"):
+        cap.__enter__()
     with pytest.raises(CaptureError, match="layer 7"):
         HiddenStateCapture(tiny_llm, [7])
 
