@@ -302,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--generated-queries", help="JSON file of generated search queries, read and extended")
     _add_models(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    from .latent.cli import add_commands as add_latent_commands
+
+    add_latent_commands(sub)  # train-latent, latent-rationales
     return parser
 
 

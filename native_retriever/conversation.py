@@ -162,3 +162,38 @@ def clean_query(text: str) -> str:
         if line:
             return line
     return text.strip()
+
+
+# Latent view: documents go through the same LLM encoder as conversations, as one user message in this format.
+DOCUMENT_INSTRUCTION = "Represent this passage for retrieval:"
+
+
+def document_messages(text: str) -> list[dict]:
+    """The chat a passage is rendered as for the latent-view encoder (one user message)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConversationError(
+            f"A document is {'empty' if isinstance(text, str) else type(text).__name__}; every document needs "
+            "non-empty text (drop or fill that entry)."
+        )
+    return [{"role": "user", "content": f"{DOCUMENT_INSTRUCTION}\n{text.strip()}"}]
+
+
+def encode_document(tokenizer, text: str, max_tokens: int = 256) -> list[int]:
+    """Token ids of a passage in the document format with the generation prompt, its text cut at the end to fit."""
+
+    def render(body: str) -> list[int]:
+        chat = tokenizer.apply_chat_template(document_messages(body), tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(chat, add_special_tokens=False)["input_ids"])
+
+    ids = render(text)
+    if len(ids) <= max_tokens:
+        return ids
+    budget = max_tokens - len(render(".")) + 1
+    if budget < 1:
+        raise ConversationError(f"The document prompt alone does not fit {max_tokens} tokens; raise the window.")
+    body = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    while True:  # decoding and re-encoding may merge tokens differently: shrink until it fits
+        ids = render(tokenizer.decode(body[:budget]) or ".")
+        if len(ids) <= max_tokens:
+            return ids
+        budget -= max(1, len(ids) - max_tokens)

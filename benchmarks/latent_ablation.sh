@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Latent-view (LaSER) ablation on CoQA, sized for a shared 2-core CPU (one core: OMP_NUM_THREADS=1).
+#   bash benchmarks/latent_ablation.sh train   # six adapters on the same coqa-train sample (skips finished ones)
+#   bash benchmarks/latent_ablation.sh eval    # ablation table, K sweep and latency on the coqa-dev subset
+# Adapters and logs go to $RUNS (default runs/latent, outside git); results JSON/PNG to docs/.
+set -euo pipefail
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+RUNS=${RUNS:-runs/latent}
+DATA=${DATA:-../shared/data}
+N=${N:-64}             # training queries per run (a seeded random sample of coqa-train)
+mkdir -p "$RUNS"
+COMMON=(--train "$DATA/coqa-train" --max-train-queries "$N" --max-tokens 192 --document-max-tokens 128
+        --max-rationale-tokens 64 --lora-layers 8 --batch-size 4 --grad-accum 1 --lr 3e-4 --checkpoint-every 4)
+
+train() {  # name, extra flags...
+  local name=$1; shift
+  if [[ -f "$RUNS/$name/latent_config.json" ]]; then echo "skip $name (done)"; return; fi
+  /usr/bin/time -f "$name %e s" -a -o "$RUNS/times.txt" \
+    native-retriever train-latent "${COMMON[@]}" -o "$RUNS/$name" --resume "$@" 2>&1 | tail -n 8 | tee "$RUNS/$name.log"
+}
+
+case "${1:-train}" in
+  train)
+    train full
+    train contrastive  --k 1 --explicit-weight 0 --distill-weight 0 --trajectory-weight 0
+    train no-explicit  --explicit-weight 0 --distill-weight 0 --trajectory-weight 0
+    train no-trajectory --trajectory-weight 0
+    train no-distill   --distill-weight 0
+    train k1           --k 1
+    ;;
+  trend)
+    for n in 32 128; do N=$n; COMMON[3]=$n; train "full-n$n"; done
+    ;;
+  eval)
+    python benchmarks/latent_eval.py --runs "$RUNS" --data "$DATA/coqa-dev" --output docs/latent-results.json
+    ;;
+esac

@@ -1,0 +1,110 @@
+"""The latent view's subcommands: ``train-latent`` and ``latent-rationales`` (registered by native_retriever.cli)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+RATIONALE_PROMPT = (
+    "Read this conversation and explain, in two or three short sentences, what its last question is really asking "
+    "about (resolve pronouns with names) and what information a passage must contain to answer it.\n\n"
+    "{history}\n\nLast question: {question}"
+)
+
+
+def cmd_train_latent(args) -> None:
+    """Train a latent-view adapter on one data folder and save it (adapter + latent_config.json + curves)."""
+    from ..data import load_data
+    from ..models import load_llm
+    from .training import LatentTrainConfig, build_examples, read_rationales, train_latent
+
+    config = LatentTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatentTrainConfig)})
+    data = load_data(args.train)
+    rationales = read_rationales(args.rationales) if args.rationales else None
+    examples = build_examples(data, rationales, args.max_train_queries, config.hard_pool, config.seed)
+    model, tokenizer = load_llm(args.llm)
+    info = {"name": data.name, "queries": len(examples), "passages": len(data.corpus), "rationales": args.rationales}
+    encoder = train_latent(
+        model,
+        tokenizer,
+        examples,
+        [d["text"] for d in data.corpus],
+        config,
+        args.output,
+        resume=args.resume,
+        data_info=info,
+    )
+    training = encoder.config.training
+    print(
+        json.dumps(
+            {"output": args.output, "examples": len(examples), "steps": training["optimizer_steps"]}
+            | {"seconds": training["seconds"], "rationales_cut": training["rationales_cut"]},
+            indent=2,
+        )
+    )
+
+
+def cmd_latent_rationales(args) -> None:
+    """Write (and extend) a cache of rationales produced by a local instruct model, one JSON line per query."""
+    from tqdm.auto import tqdm
+
+    from ..agent import generate_texts
+    from ..conversation import history_text
+    from ..data import load_data
+    from ..models import load_llm
+
+    data = load_data(args.data)
+    output = Path(args.output)
+    done = set()
+    if output.is_file():
+        done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
+    queries = [q for q in data.queries[: args.max_queries] if q["id"] not in done]
+    model, tokenizer = load_llm(args.llm)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", encoding="utf-8") as handle:
+        for start in tqdm(range(0, len(queries), args.batch_size), desc="Writing rationales"):
+            chunk = queries[start : start + args.batch_size]
+            chats = [
+                [
+                    {
+                        "role": "user",
+                        "content": RATIONALE_PROMPT.format(
+                            history=history_text(q["messages"][:-1] or q["messages"]), question=q["question"]
+                        ),
+                    }
+                ]
+                for q in chunk
+            ]
+            for query, text in zip(chunk, generate_texts(model, tokenizer, chats, args.max_new_tokens)):
+                handle.write(json.dumps({"id": query["id"], "rationale": text}) + "\n")
+            handle.flush()
+    print(f"{len(done) + len(queries)} rationales in {output}.")
+
+
+def add_commands(sub) -> None:
+    """Register ``train-latent`` and ``latent-rationales`` on the main parser's subparsers."""
+    from .training import LatentTrainConfig
+
+    train = sub.add_parser("train-latent", help="train a latent-view (LaSER) LoRA adapter on a data folder")
+    train.add_argument("--train", required=True, help="training data folder (docs/data-format.md)")
+    train.add_argument("--output", "-o", required=True, help="adapter folder to write")
+    train.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct)")
+    train.add_argument("--max-train-queries", type=int, help="a random sample of N judged queries (seeded)")
+    train.add_argument("--rationales", help="JSONL rationale cache from `latent-rationales` (default: data fields)")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
+    for field in dataclasses.fields(LatentTrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        train.add_argument(
+            flag, type=type(field.default), default=field.default, dest=field.name, help=f"(default {field.default})"
+        )
+    train.set_defaults(func=cmd_train_latent)
+
+    rationales = sub.add_parser("latent-rationales", help="cache rationales for train-latent from a local LLM")
+    rationales.add_argument("--data", required=True)
+    rationales.add_argument("--output", "-o", required=True, help="JSONL file to write or extend")
+    rationales.add_argument("--llm", help="instruct LLM (default: SmolLM2-135M-Instruct)")
+    rationales.add_argument("--max-queries", type=int)
+    rationales.add_argument("--max-new-tokens", type=int, default=64)
+    rationales.add_argument("--batch-size", type=int, default=8)
+    rationales.set_defaults(func=cmd_latent_rationales)
