@@ -1,13 +1,32 @@
-"""A small RAG turn for Hugging Face chat models: retrieved passages in, a short answer out."""
+"""A small RAG turn for Hugging Face chat models: retrieved passages in, a short answer out.
+
+- ``native_turn``: one prefill of the conversation gives both the query vector (the head reads the prefill's
+  states through ``NativeEmbedder.capture``) and the KV cache the answer continues on, after the passages are
+  appended as a tool result in the model's chat template. The conversation is never prefilled twice.
+- ``classic_turn``: generate-then-encode (the LLM writes a standalone query, the teacher encodes it), then a new
+  prompt with the passages in front is prefilled and answered.
+- ``generate_answer`` / ``generate_query``: the plain helpers the CLI and the evaluation use.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from transformers import DynamicCache
 
-from .conversation import clean_query, rewrite_messages, validate_conversation
+from .conversation import EncodedConversation, clean_query, rewrite_messages, validate_conversation
+from .errors import ConversationError
 from .index import SearchHit
+
+if TYPE_CHECKING:
+    from .embedder import NativeEmbedder
+    from .index import VectorIndex
+    from .teacher import Teacher
 
 ANSWER_SYSTEM_PROMPT = "Answer the user's last question in one short sentence, using only these passages:"
 
@@ -60,3 +79,183 @@ def generate_queries(model, tokenizer, conversations: Sequence[Sequence], max_ne
     """Standalone search queries for several conversations, generated in one batch."""
     chats = [rewrite_messages(messages) for messages in conversations]
     return [clean_query(text) for text in generate_texts(model, tokenizer, chats, max_new_tokens)]
+
+
+# -- one RAG turn on one KV cache ------------------------------------------------------------------------------------
+# The native turn closes the assistant's turn with a tool call, adds the passages as a tool-result message and opens a
+# new assistant turn, all in the model's own chat template, then generates on the cache of the conversation's prefill.
+SEARCH_CALL = '<tool_call>\n{"name": "search_documents", "arguments": {}}\n</tool_call>'
+TOOL_ROLE = "tool"
+TOOL_INSTRUCTION = "Answer the user's last question in one short sentence, using only the passages above."
+
+
+@dataclass
+class Turn:
+    """One RAG turn: the answer, the passages it read, and the time of each step in milliseconds."""
+
+    answer: str
+    hits: list[SearchHit]
+    timings: dict[str, float]
+    answer_ids: list[int]
+    prompt_ids: list[int]  # everything before the answer, as the model saw it
+    query: str | None = None  # the generated standalone query (classic turn)
+    vector: np.ndarray | None = field(default=None, repr=False)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = 1000 * (now - self._last)
+        self._last = now
+
+
+def passages_text(hits: Sequence[SearchHit]) -> str:
+    """The tool result: numbered passages, then the answering instruction."""
+    passages = "\n".join(f"[{n}] {hit.text}" for n, hit in enumerate(hits, 1))
+    return f"{passages}\n{TOOL_INSTRUCTION}"
+
+
+def tool_messages(hits: Sequence[SearchHit], call: str = SEARCH_CALL, role: str = TOOL_ROLE) -> list[dict]:
+    """The assistant's search call and the tool's result, appended after the conversation."""
+    return [{"role": "assistant", "content": call}, {"role": role, "content": passages_text(hits)}]
+
+
+def formatted_messages(embedder: NativeEmbedder, messages: Sequence) -> tuple[list[dict], EncodedConversation]:
+    """The messages ``embedder.encode`` kept (window cut, system prompt added) and their encoding."""
+    encoded = embedder.encode(messages)
+    checked = validate_conversation(messages)
+    system = embedder.prompt_format.system_prompt
+    if system is not None and checked[0]["role"] != "system":
+        checked = [{"role": "system", "content": system}, *checked]
+    first = 1 if checked[0]["role"] == "system" else 0
+    return checked[:first] + checked[first + encoded.dropped_messages :], encoded
+
+
+def appended_ids(tokenizer, messages: Sequence[dict], prefix_ids: Sequence[int], extra: Sequence[dict]) -> list[int]:
+    """Token ids that the chat template renders after ``prefix_ids`` for ``messages + extra`` (with a new
+    generation prompt). Raises ConversationError when the render does not start with exactly ``prefix_ids``:
+    then the cache of the prefix could not be continued."""
+    text = tokenizer.apply_chat_template([*messages, *extra], add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if ids[: len(prefix_ids)] != list(prefix_ids):
+        raise ConversationError(
+            "The chat template renders the conversation with the tool result so that it does not start with the "
+            "conversation's own tokens; the KV cache cannot be continued. Use another tool role or call text."
+        )
+    return ids[len(prefix_ids) :]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def prefill(model, input_ids: Sequence[int], cache: DynamicCache | None = None) -> DynamicCache:
+    """Run ``input_ids`` (one sequence, after what ``cache`` holds) through the model; returns the grown cache."""
+    cache = cache if cache is not None else DynamicCache(config=model.config)
+    ids = torch.tensor([list(input_ids)], device=_device(model))
+    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+@torch.inference_mode()
+def continue_greedy(
+    model, tokenizer, input_ids: Sequence[int], cache: DynamicCache, max_new_tokens: int, min_new_tokens: int = 0
+) -> list[int]:
+    """Greedy tokens after ``input_ids``, whose first ``cache.get_seq_length()`` tokens are already in ``cache``."""
+    if cache.get_seq_length() >= len(input_ids):
+        raise ValueError("The cache covers the whole prompt; leave at least its last token out of the prefill.")
+    ids = torch.tensor([list(input_ids)], device=_device(model))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        past_key_values=cache,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def _finish(tokenizer, answer_ids: list[int]) -> str:
+    return tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+
+
+def native_turn(
+    embedder: NativeEmbedder,
+    index: VectorIndex,
+    messages: Sequence,
+    k: int = 3,
+    max_new_tokens: int = 48,
+    min_new_tokens: int = 0,
+) -> Turn:
+    """Retrieve and answer with one prefill of the conversation.
+
+    The conversation (the head's formatted tokens, ``embedder.encode``) is prefilled once; the head reads that
+    prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
+    template and the answer is generated on the same KV cache. Timings: ``prefill``, ``head``, ``search``,
+    ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
+    """
+    model, tokenizer = embedder.model, embedder.tokenizer
+    kept, encoded = formatted_messages(embedder, messages)
+    clock = _Clock()
+    with embedder.capture() as cap:
+        cache = prefill(model, encoded.input_ids)
+    clock.lap("prefill")
+    vector = cap.vectors([encoded])
+    clock.lap("head")
+    hits = index.search(vector, k=k)[0]
+    clock.lap("search")
+    prompt = encoded.input_ids + appended_ids(tokenizer, kept, encoded.input_ids, tool_messages(hits))
+    prefill(model, prompt[len(encoded.input_ids) : -1], cache)
+    clock.lap("passages_prefill")
+    answer_ids = continue_greedy(model, tokenizer, prompt, cache, max_new_tokens, min_new_tokens)
+    clock.lap("answer")
+    return Turn(_finish(tokenizer, answer_ids), hits, clock.timings, answer_ids, prompt, vector=vector[0])
+
+
+def classic_turn(
+    model,
+    tokenizer,
+    teacher: Teacher,
+    index: VectorIndex,
+    messages: Sequence,
+    k: int = 3,
+    max_new_tokens: int = 48,
+    min_new_tokens: int = 0,
+    query_tokens: int = 32,
+) -> Turn:
+    """Generate-then-encode, then answer: the LLM rewrites the question (``generate_query``'s prompt), the teacher
+    encodes it, the index is searched and a new prompt with the passages (``answer_messages``) is prefilled and
+    answered. Timings: ``query_prefill``, ``query_generation``, ``teacher``, ``search``, ``answer_prefill``,
+    ``answer`` (decoding)."""
+    clock = _Clock()
+    rewrite = tokenizer.apply_chat_template(rewrite_messages(messages), add_generation_prompt=True, tokenize=False)
+    rewrite_ids = tokenizer(rewrite, add_special_tokens=False)["input_ids"]
+    cache = prefill(model, rewrite_ids[:-1])
+    clock.lap("query_prefill")
+    query = clean_query(_finish(tokenizer, continue_greedy(model, tokenizer, rewrite_ids, cache, query_tokens)))
+    clock.lap("query_generation")
+    vector = teacher.encode([query or messages[-1]["content"]])
+    clock.lap("teacher")
+    hits = index.search(vector, k=k)[0]
+    clock.lap("search")
+    text = tokenizer.apply_chat_template(answer_messages(messages, hits), add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    cache = prefill(model, prompt[:-1])
+    clock.lap("answer_prefill")
+    answer_ids = continue_greedy(model, tokenizer, prompt, cache, max_new_tokens, min_new_tokens)
+    clock.lap("answer")
+    return Turn(_finish(tokenizer, answer_ids), hits, clock.timings, answer_ids, prompt, query, vector[0])
+
+
+def passage_overlap(first: Sequence[SearchHit], second: Sequence[SearchHit]) -> float:
+    """Share of the passages found by both turns (|A ∩ B| / max(|A|, |B|); 1.0 when both are empty)."""
+    a, b = {h.id for h in first}, {h.id for h in second}
+    return len(a & b) / max(len(a), len(b)) if a or b else 1.0
