@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -483,9 +484,13 @@ def test_example_chat_engine_retrieves_the_right_passages():
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    turns = [block for block in result.stdout.split("User: ")[1:]]
-    assert len(turns) == 4
-    for block in turns:
-        titles = [line.split("] ", 1)[1].split(":")[0] for line in block.splitlines() if line.strip()[:2] == "1."]
-        assert titles == ["Marie Curie"], block
-        assert "Assistant:" in block
+    script = json.loads((ROOT / "native_retriever" / "resources" / "demo_conversation.json").read_text())
+    turns = result.stdout.split("User: ")[1:]
+    assert [block.splitlines()[0] for block in turns] == script["turns"]
+    found = 0
+    for block, expected in zip(turns, script["expected_topic_titles"]):
+        titles = [line.split("] ", 1)[1] for line in block.split("Assistant:")[0].splitlines() if "] " in line]
+        assert len(titles) == 3 and titles[0].split(":")[0] == "Marie Curie", block  # follow-ups stay on topic
+        found += expected in titles
+        assert "retrieved from the agent's own hidden states" in block and block.split("Assistant:")[1].strip()
+    assert found >= 2
