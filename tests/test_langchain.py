@@ -227,6 +227,25 @@ def test_callbacks_see_the_retriever_run(embeddings, index):
     assert seen.events == [("start", "Who built it?"), ("end", 2)]
 
 
+def test_a_latent_embedder_works_unchanged(make_tiny_llm, tiny_tokenizer, corpus):
+    from native_retriever.latent import LatentConfig, LatentEmbedder, LatentEncoder
+
+    model = make_tiny_llm(seed=2)  # its own model: the adapter is injected into it
+    encoder = LatentEncoder.create(model, tiny_tokenizer, LatentConfig(k=2, lora_r=4, lora_alpha=8))
+    latent = LatentEmbedder(model, tiny_tokenizer, encoder)
+    embeddings = NativeEmbeddings(latent)
+    store = InMemoryVectorStore.from_documents(corpus, embeddings)  # documents through the latent encoder
+    index = VectorIndex(latent.dimension)
+    texts = [d.page_content for d in corpus]
+    index.add([d.id for d in corpus], latent.embed_documents(texts), texts)
+    _, messages = MULTI_TURN[1]
+    expected = [h.id for h in direct(latent, index, messages)]
+    history, question = as_langchain(messages[:-1]), messages[-1]["content"]
+    for source in (index, store):
+        docs = NativeRetriever(embeddings=embeddings, store=source, k=5).invoke(question, chat_history=history)
+        assert [d.id for d in docs] == expected
+
+
 # -- messages ---------------------------------------------------------------------------------------------------
 def test_message_forms_convert_to_the_same_conversation(embeddings):
     want = [
