@@ -246,6 +246,21 @@ def test_a_latent_embedder_works_unchanged(make_tiny_llm, tiny_tokenizer, corpus
         assert [d.id for d in docs] == expected
 
 
+def test_cache_backed_embeddings_cache_documents_and_keep_the_conversation(embeddings, corpus):
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+    from langchain_core.stores import InMemoryByteStore
+
+    byte_store = InMemoryByteStore()
+    cached = CacheBackedEmbeddings.from_bytes_store(embeddings, byte_store, namespace="native")
+    texts = [d.page_content for d in corpus[:3]]
+    assert cached.embed_documents(texts) == embeddings.embed_documents(texts)
+    assert len(list(byte_store.yield_keys())) == 3
+    history = [HumanMessage("Tell me about the Mirravel river."), AIMessage("It has purple reeds.")]
+    with embeddings.conversation(history):  # query vectors are not cached (LangChain's default): the binding counts
+        assert cached.embed_query("When should I visit?") == embeddings.embed_query("When should I visit?")
+    assert cached.embed_query("When should I visit?") != embeddings.embed_conversation(history, "When should I visit?")
+
+
 # -- messages ---------------------------------------------------------------------------------------------------
 def test_message_forms_convert_to_the_same_conversation(embeddings):
     want = [
