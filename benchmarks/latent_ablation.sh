@@ -7,10 +7,10 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 RUNS=${RUNS:-runs/latent}
 DATA=${DATA:-../shared/data}
-N=${N:-64}             # training queries per run (a seeded random sample of coqa-train)
+N=${N:-40}             # training queries per run (a seeded random sample of coqa-train)
 mkdir -p "$RUNS"
-COMMON=(--train "$DATA/coqa-train" --max-train-queries "$N" --max-tokens 192 --document-max-tokens 128
-        --max-rationale-tokens 64 --lora-layers 8 --batch-size 4 --grad-accum 1 --lr 3e-4 --checkpoint-every 4)
+COMMON=(--train "$DATA/coqa-train" --max-train-queries "$N" --max-tokens 160 --document-max-tokens 112
+        --max-rationale-tokens 48 --lora-layers 8 --batch-size 4 --grad-accum 1 --lr 5e-4 --checkpoint-every 5)
 
 train() {  # name, extra flags...
   local name=$1; shift
@@ -29,7 +29,7 @@ case "${1:-train}" in
     train k1           --k 1
     ;;
   trend)
-    for n in 32 128; do N=$n; COMMON[3]=$n; train "full-n$n"; done
+    for n in 20 80; do COMMON[3]=$n; train "full-n$n"; done
     ;;
   eval)
     python benchmarks/latent_eval.py --runs "$RUNS" --data "$DATA/coqa-dev" --output docs/latent-results.json

@@ -189,6 +189,7 @@ def cmd_eval(args) -> None:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    latent = _latent_embedders(args, systems)  # adapters (and their LLM copies) first: a bad folder fails at once
     data = load_data(args.data, max_queries=args.max_queries)
     # Heads load before the LLM, so a wrong path fails at once.
     context_head = ProjectionHead.from_pretrained(args.head or DEFAULT_HEAD) if "native-context" in systems else None
@@ -214,6 +215,7 @@ def cmd_eval(args) -> None:
         teacher=teacher,
         batch_size=args.batch_size,
         generated_queries=generated,
+        latent_embedders=latent,
     )
     if cache and generated:
         cache.write_text(json.dumps(generated, indent=1) + "\n")
@@ -222,6 +224,7 @@ def cmd_eval(args) -> None:
         for name, e in (("native-context", context), ("native-query", query))
         if e
     }
+    report["latent"] = {name: e.encoder.config.to_dict() | {"metrics": None, "k": e.k} for name, e in latent.items()}
     for name, metrics in report["systems"].items():
         print(
             f"{name:22s} R@10 {metrics['recall@10']:.3f}  MRR@10 {metrics['mrr@10']:.3f}  "
@@ -230,6 +233,20 @@ def cmd_eval(args) -> None:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _latent_embedders(args, systems: list[str]) -> dict:
+    """One LatentEmbedder per latent system asked for, each on its own copy of the LLM (eval only)."""
+    from .latent import LatentEmbedder
+
+    out = {}
+    for name in ("latent", "latent-contrastive"):
+        if name in systems:
+            folder = getattr(args, name.replace("-", "_") + "_adapter")
+            if not folder:
+                raise SystemExit(f"System {name} needs --{name}-adapter FOLDER (train one with train-latent).")
+            out[name] = LatentEmbedder.from_pretrained(folder, llm=args.llm, k=args.latent_k)
+    return out
 
 
 def _add_models(parser: argparse.ArgumentParser) -> None:
@@ -327,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="write the JSON report here")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--generated-queries", help="JSON file of generated search queries, read and extended")
+    evaluate.add_argument("--latent-adapter", help="adapter folder for the latent system (train-latent)")
+    evaluate.add_argument("--latent-contrastive-adapter", help="adapter folder for latent-contrastive")
+    evaluate.add_argument("--latent-k", type=int, help="latent steps at inference (default: each adapter's K)")
     _add_models(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 

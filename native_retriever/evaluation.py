@@ -41,7 +41,10 @@ SYSTEMS = (
     "generate-then-encode",
     "native-context",
     "native-query",
+    "latent",
+    "latent-contrastive",
 )
+LATENT_SYSTEMS = ("latent", "latent-contrastive")  # documents indexed by the latent encoder itself
 
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
@@ -71,6 +74,7 @@ def evaluate_systems(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     generated_queries: dict[str, str] | None = None,
+    latent_embedders: dict | None = None,
 ) -> dict:
     """Score each named system on ``data`` (a RetrievalData) over the same corpus and queries.
 
@@ -78,6 +82,8 @@ def evaluate_systems(
     encodes them); ``context_embedder`` / ``query_embedder``: NativeEmbedders with a ``context`` / ``query`` head on
     the same LLM.
     ``generated_queries`` (query id -> text) holds queries written earlier; missing ones are generated and added.
+    ``latent_embedders``: system name (``latent``, ``latent-contrastive``) -> LatentEmbedder; that system embeds the
+    corpus and the conversations itself.
     """
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -118,6 +124,15 @@ def evaluate_systems(
         elif name == "native-context":
             conversations = [q["messages"] for q in data.queries]
             score(name, context_embedder.embed_conversations(conversations, batch_size=batch_size, show_progress=True))
+        elif name in LATENT_SYSTEMS:
+            embedder = (latent_embedders or {}).get(name)
+            if embedder is None:
+                raise ValueError(f"System {name!r} needs a LatentEmbedder in latent_embedders[{name!r}].")
+            docs = embedder.embed_documents([d["text"] for d in data.corpus], batch_size=batch_size, show_progress=True)
+            vectors = embedder.embed_conversations(
+                [q["messages"] for q in data.queries], batch_size=batch_size, show_progress=True
+            )
+            results[name] = retrieval_metrics(data.qrels, top_k_run(qids, data.doc_ids, vectors, docs))
     baseline = results.get("generate-then-encode")
     if baseline:
         for metrics in results.values():

@@ -360,3 +360,36 @@ def test_cli_train_latent(tiny_llm_folder, tiny_data_folder, tmp_path, capsys):
     assert report["examples"] == 8 and report["steps"] == 1 and (out / "adapter_model.safetensors").is_file()
     assert main([*args, "--k", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+    report_path = tmp_path / "report.json"
+    evaluate = ["eval", "--data", tiny_data_folder, "--llm", tiny_llm_folder, "--output", str(report_path)]
+    assert (
+        main([*evaluate, "--systems", "teacher-question,latent", "--latent-adapter", str(out), "--latent-k", "1"]) == 0
+    )
+    report = json.loads(report_path.read_text())
+    assert set(report["systems"]) == {"teacher-question", "latent"} and report["latent"]["latent"]["k"] == 1
+    assert (
+        0 <= report["systems"]["latent"]["recall@10"] <= 1
+        and report["systems"]["latent"]["queries"] == report["queries"] > 0
+    )
+    with pytest.raises(SystemExit, match="--latent-contrastive-adapter"):
+        main([*evaluate, "--systems", "latent-contrastive"])
+
+
+def test_evaluate_systems_indexes_documents_with_the_latent_encoder(encoder, tiny_tokenizer, tiny_data_folder):
+    from native_retriever.data import load_data
+    from native_retriever.evaluation import evaluate_systems
+
+    data = load_data(tiny_data_folder, max_queries=6)
+    embedder = LatentEmbedder(encoder.model, tiny_tokenizer, encoder)
+    report = evaluate_systems(data, ["latent"], latent_embedders={"latent": embedder})
+    metrics = report["systems"]["latent"]
+    assert metrics["queries"] == 6 and 0 <= metrics["mrr@10"] <= metrics["recall@10"] <= 1
+    # the same numbers by hand: documents and conversations both through the latent encoder
+    docs = embedder.embed_documents([d["text"] for d in data.corpus])
+    queries = embedder.embed_conversations([q["messages"] for q in data.queries])
+    top = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
+    hits = [any(data.doc_ids[c] in data.qrels[q["id"]] for c in row) for q, row in zip(data.queries, top)]
+    assert metrics["recall@10"] == pytest.approx(np.mean(hits), abs=1e-3)
+    with pytest.raises(ValueError, match="latent_embedders"):
+        evaluate_systems(data, ["latent-contrastive"], latent_embedders={"latent": embedder})
