@@ -201,7 +201,8 @@ def test_instrumentation_and_callbacks_see_our_events(embedder, vector_index):
         embedding.get_query_embedding("Who built the Zorblat festival?")
         asyncio.run(embedding.aget_query_embedding("Who built it?"))
         embedding.get_text_embedding_batch(["A passage.", "Another passage."])
-        NativeRetriever(vector_index, embedding).retrieve_conversation(MULTI_TURN)
+        retriever = NativeRetriever(vector_index, embedding, callback_manager=CallbackManager([debug]))
+        retriever.retrieve_conversation(MULTI_TURN)
     finally:
         root.event_handlers.remove(handler)
     starts = [e for e in handler.events if isinstance(e, EmbeddingStartEvent)]
@@ -213,6 +214,7 @@ def test_instrumentation_and_callbacks_see_our_events(embedder, vector_index):
     assert any(isinstance(e, RetrievalStartEvent) for e in handler.events)
     assert any(isinstance(e, RetrievalEndEvent) for e in handler.events)
     assert len(debug.get_event_pairs(CBEventType.EMBEDDING)) == 4
+    assert len(debug.get_event_pairs(CBEventType.RETRIEVE)) == 1
 
 
 def test_embeddings_cache_is_refused(embedder):
