@@ -251,7 +251,7 @@ def test_cache_backed_embeddings_cache_documents_and_keep_the_conversation(embed
     from langchain_core.stores import InMemoryByteStore
 
     byte_store = InMemoryByteStore()
-    cached = CacheBackedEmbeddings.from_bytes_store(embeddings, byte_store, namespace="native")
+    cached = CacheBackedEmbeddings.from_bytes_store(embeddings, byte_store, namespace="native", key_encoder="sha256")
     texts = [d.page_content for d in corpus[:3]]
     assert cached.embed_documents(texts) == embeddings.embed_documents(texts)
     assert len(list(byte_store.yield_keys())) == 3
@@ -280,6 +280,9 @@ def test_message_forms_convert_to_the_same_conversation(embeddings):
             AIMessage("It has paper lanterns."),
         ],
     ]
+    from langchain_core.chat_history import InMemoryChatMessageHistory
+
+    forms.append(InMemoryChatMessageHistory(messages=forms[0]))  # what RunnableWithMessageHistory keeps
     for form in forms:
         assert to_chat_messages(form) == want
     vectors = [embeddings.embed_conversation(form, "Where is it?") for form in forms]

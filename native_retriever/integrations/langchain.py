@@ -27,6 +27,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import BaseMessage
@@ -103,10 +104,15 @@ def _role(name: Any, position: int) -> str | None:
     return ROLES[name.lower()]
 
 
-def to_chat_messages(history: Sequence | None) -> list[dict]:
-    """LangChain chat history as our ``{"role", "content"}`` dicts (tool messages and empty AI turns left out)."""
+def to_chat_messages(history: Sequence | BaseChatMessageHistory | None) -> list[dict]:
+    """LangChain chat history (a list or a ``BaseChatMessageHistory``) as our ``{"role", "content"}`` dicts.
+
+    Tool messages and empty AI turns (tool calls only) are left out.
+    """
     if history is None:
         return []
+    if isinstance(history, BaseChatMessageHistory):
+        history = history.messages
     if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
         raise ConversationError(
             f"The chat history must be a list of messages, not a {type(history).__name__}; give {LANGCHAIN_TYPES}."
