@@ -263,6 +263,8 @@ def test_vector_store_index_round_trip(embedder, embedding, vector_index, texts,
     hits = retriever.retrieve_conversation(MULTI_TURN)
     assert_same_hits(ids_scores(hits), direct(embedder, vector_index, MULTI_TURN, k=3))
     assert all(hit.node.text == texts[int(hit.node.node_id[1:])] for hit in hits)
+    with pytest.raises(ValueError, match="does not keep the node texts; pass the VectorStoreIndex"):
+        NativeRetriever(loaded.vector_store, embedding)  # SimpleVectorStore keeps vectors only
     assert [n.node.node_id for n in retriever.retrieve_conversation(MULTI_TURN)] == [
         n.node.node_id for n in NativeRetriever(index, similarity_top_k=3).retrieve_conversation(MULTI_TURN)
     ]

@@ -330,6 +330,11 @@ class NativeRetriever(BaseRetriever):
             self._vector_index = index
         else:
             if isinstance(index, BasePydanticVectorStore):
+                if not index.stores_text:
+                    raise ValueError(
+                        f"This {type(index).__name__} does not keep the node texts; pass the VectorStoreIndex built "
+                        "on it (its docstore holds the texts) instead of the bare vector store."
+                    )
                 index = VectorStoreIndex.from_vector_store(index, embed_model=self._embed_model)
             if not isinstance(index, VectorStoreIndex):
                 raise TypeError(
