@@ -345,6 +345,26 @@ def test_bad_models_are_refused(tiny_llm, tiny_tokenizer, embedder):
         NativeEmbedding("not an embedder")
 
 
+def test_a_latent_embedder_works_unchanged(make_tiny_llm, tiny_tokenizer, texts):
+    from native_retriever.latent.config import LatentConfig
+    from native_retriever.latent.embedder import LatentEmbedder
+    from native_retriever.latent.encoder import LatentEncoder
+
+    encoder = LatentEncoder.create(make_tiny_llm(seed=3), tiny_tokenizer, LatentConfig(k=2, lora_r=4, lora_alpha=8))
+    latent = LatentEmbedder(encoder.model, tiny_tokenizer, encoder)
+    embedding = NativeEmbedding(latent, embed_batch_size=8)
+    assert embedding.dimension == latent.dimension == 64
+    nodes = [TextNode(id_=f"d{i}", text=text) for i, text in enumerate(texts[:12])]
+    store_index = VectorStoreIndex(nodes, embed_model=embedding)  # documents through the latent encoder
+    ours = VectorIndex(latent.dimension)
+    ours.add([n.node_id for n in nodes], latent.embed_documents(texts[:12]), texts[:12])
+    for index in (store_index, ours):
+        retriever = NativeRetriever(index, embedding, similarity_top_k=4)
+        for messages in (MULTI_TURN, CONVERSATIONS[0]):
+            expected = [(h.id, h.score) for h in ours.search(latent.embed_conversation(messages), k=4)[0]]
+            assert_same_hits(ids_scores(retriever.retrieve_conversation(messages)), expected)
+
+
 # -- threads and asyncio ----------------------------------------------------------------------------------------
 def test_threads_and_tasks_give_the_serial_results(embedder, embedding, vector_index):
     retriever = NativeRetriever(vector_index, embedding, similarity_top_k=K)
