@@ -50,11 +50,13 @@ class Prefill:
         """For each row: the positions of its real tokens and their ids (None when the ids were not seen)."""
         out = []
         for row in range(self.states.shape[0]):
-            if self.attention_mask is None:
+            mask = None if self.attention_mask is None else self.attention_mask[row]
+            if mask is None or bool(mask.all()):
                 positions = torch.arange(self.length)
+                ids = None if self.input_ids is None else self.input_ids[row].tolist()
             else:
-                positions = torch.nonzero(self.attention_mask[row], as_tuple=True)[0]
-            ids = None if self.input_ids is None else self.input_ids[row, positions].tolist()
+                positions = torch.nonzero(mask, as_tuple=True)[0]
+                ids = None if self.input_ids is None else self.input_ids[row, positions].tolist()
             out.append((positions, ids))
         return out
 
