@@ -135,7 +135,7 @@ def test_query_embeddings_sync_and_async_read_the_bound_conversation(embedding, 
         np.testing.assert_allclose(embedding.get_query_embedding(last), expected, atol=1e-6)
         np.testing.assert_allclose(asyncio.run(embedding.aget_query_embedding(last)), expected, atol=1e-6)
         # a history that already ends with the question is not doubled
-        with conversation(MULTI_TURN):
+        with embedding.conversation(MULTI_TURN):
             np.testing.assert_allclose(embedding.get_query_embedding(last), expected, atol=1e-6)
     assert not np.allclose(embedding.get_query_embedding(last), expected, atol=1e-3)  # unbound again
 

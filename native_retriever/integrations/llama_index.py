@@ -31,6 +31,7 @@ from llama_index.core.base.base_retriever import BaseRetriever  # noqa: E402
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding  # noqa: E402
 from llama_index.core.bridge.pydantic import PrivateAttr, model_validator  # noqa: E402
 from llama_index.core.callbacks import CallbackManager  # noqa: E402
+from llama_index.core.chat_engine import CondensePlusContextChatEngine  # noqa: E402
 from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K  # noqa: E402
 from llama_index.core.llms import ChatMessage, MessageRole  # noqa: E402
 from llama_index.core.memory import BaseMemory, Memory  # noqa: E402
@@ -229,6 +230,10 @@ class NativeEmbedding(BaseEmbedding):
         """The wrapped embedder (``NativeEmbedder``)."""
         return self._embedder
 
+    def conversation(self, history: Iterable[ChatMessage | dict] | None) -> contextlib.AbstractContextManager:
+        """``with embed_model.conversation(chat_history): ...``: the module's :func:`conversation`."""
+        return conversation(history)
+
     @property
     def dimension(self) -> int:
         return int(self._embedder.dimension)
@@ -285,7 +290,8 @@ class NativeRetriever(BaseRetriever):
     that stores text. ``embed_model``: a :class:`NativeEmbedding` or an embedder (defaults to the
     ``VectorStoreIndex``'s own ``NativeEmbedding``). The conversation is, in this order: the one bound with
     :func:`conversation`, ``memory`` (read at each retrieval), ``chat_history``; the query string is appended as the
-    current question. Give the chat engine the same memory (:meth:`as_chat_engine` does).
+    current question. Give the chat engine the same memory (:meth:`as_chat_engine` does). A precomputed
+    ``QueryBundle.embedding`` is ignored: the vector always comes from the conversation.
     """
 
     def __init__(
@@ -447,14 +453,14 @@ class NativeRetriever(BaseRetriever):
         with conversation(history):
             return await self.aretrieve(query)
 
-    def as_chat_engine(self, llm: Any, memory: BaseMemory | None = None, **kwargs: Any):
+    def as_chat_engine(
+        self, llm: Any, memory: BaseMemory | None = None, **kwargs: Any
+    ) -> CondensePlusContextChatEngine:
         """A ``CondensePlusContextChatEngine`` without its condense (rewrite) step, sharing this retriever's memory.
 
         ``memory`` (default: this retriever's, else a new ``Memory`` sized to the LLM) becomes this retriever's
         memory too, so every turn retrieves from the whole chat. Other keyword arguments go to ``from_defaults``.
         """
-        from llama_index.core.chat_engine import CondensePlusContextChatEngine
-
         memory = memory or self.memory or Memory.from_defaults(token_limit=llm.metadata.context_window - 256)
         self.memory = memory
         return CondensePlusContextChatEngine.from_defaults(
