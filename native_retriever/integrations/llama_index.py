@@ -59,8 +59,12 @@ _CONVERSATION: contextvars.ContextVar[tuple[dict, ...] | None] = contextvars.Con
 
 
 # -- conversations ----------------------------------------------------------------------------------------------
+def _is_langchain(obj: Any) -> bool:
+    return type(obj).__module__.startswith("langchain")
+
+
 def _framework_hint(obj: Any) -> str:
-    if type(obj).__module__.startswith("langchain"):
+    if _is_langchain(obj):
         return (
             f"it is a LangChain {type(obj).__name__}; the LlamaIndex integration takes "
             "llama_index.core.llms.ChatMessage objects (or {'role', 'content'} dicts). Convert it, or use "
@@ -129,7 +133,7 @@ def conversation(history: Iterable[ChatMessage | dict] | None) -> Iterator[list[
 # -- models -----------------------------------------------------------------------------------------------------
 def llm_model_and_tokenizer(llm: Any) -> tuple[Any, Any]:
     """The transformers model and tokenizer held by a LlamaIndex ``HuggingFaceLLM`` (the same objects, no copy)."""
-    if type(llm).__module__.startswith("langchain"):
+    if _is_langchain(llm):
         raise TypeError(
             f"llm is a LangChain {type(llm).__name__}; pass a LlamaIndex HuggingFaceLLM here, or use "
             "native_retriever.integrations.langchain with LangChain objects."
@@ -274,6 +278,15 @@ def _check_top_k(value: Any) -> int:
     return int(value)
 
 
+def _check_memory(memory: Any) -> BaseMemory | None:
+    if memory is None or isinstance(memory, BaseMemory):
+        return memory
+    hint = "; for LangChain use native_retriever.integrations.langchain" if _is_langchain(memory) else ""
+    raise TypeError(
+        f"memory must be a LlamaIndex chat memory (ChatMemoryBuffer, Memory), got {type(memory).__name__}{hint}."
+    )
+
+
 def store_dimension(vector_store: Any) -> int | None:
     """The dimension of the vectors in a LlamaIndex vector store, where the store exposes it (else None)."""
     embeddings = getattr(getattr(vector_store, "data", None), "embedding_dict", None)  # SimpleVectorStore
@@ -305,54 +318,47 @@ class NativeRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        from llama_index.core import VectorStoreIndex
-        from llama_index.core.indices.vector_store.retrievers import VectorIndexRetriever
-
-        from ..index import VectorIndex
-
         if embed_model is None and isinstance(getattr(index, "_embed_model", None), NativeEmbedding):
             embed_model = index._embed_model
         if embed_model is None:
             raise ValueError("Pass embed_model= (a NativeEmbedding or a NativeEmbedder) to embed the conversation.")
         self._embed_model = embed_model if isinstance(embed_model, NativeEmbedding) else NativeEmbedding(embed_model)
         self._similarity_top_k = _check_top_k(similarity_top_k)
-        if memory is not None and not isinstance(memory, BaseMemory):
-            raise TypeError(
-                f"memory must be a LlamaIndex chat memory (ChatMemoryBuffer, Memory), got {type(memory).__name__}"
-                + (
-                    "; for LangChain use native_retriever.integrations.langchain."
-                    if type(memory).__module__.startswith("langchain")
-                    else "."
-                )
-            )
-        self.memory = memory
+        self.memory = _check_memory(memory)
         self.chat_history = to_messages(chat_history)
-        self._vector_index: VectorIndex | None = None
-        self._store_retriever: VectorIndexRetriever | None = None
-        dimension = self._embed_model.dimension
+        self._vector_index, self._store_retriever = None, None
+        self._attach(index)
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    def _attach(self, index: Any) -> None:
+        """Search our VectorIndex directly, or a VectorStoreIndex through LlamaIndex's own VectorIndexRetriever."""
+        from llama_index.core import VectorStoreIndex
+        from llama_index.core.indices.vector_store.retrievers import VectorIndexRetriever
+
+        from ..index import VectorIndex
+
         if isinstance(index, VectorIndex):
-            if index.dim != dimension:
+            if index.dim != self._embed_model.dimension:
                 raise DimensionMismatchError(self._dimension_message(index.dim))
             self._vector_index = index
-        else:
-            if isinstance(index, BasePydanticVectorStore):
-                if not index.stores_text:
-                    raise ValueError(
-                        f"This {type(index).__name__} does not keep the node texts; pass the VectorStoreIndex built "
-                        "on it (its docstore holds the texts) instead of the bare vector store."
-                    )
-                index = VectorStoreIndex.from_vector_store(index, embed_model=self._embed_model)
-            if not isinstance(index, VectorStoreIndex):
-                raise TypeError(
-                    f"index must be a native_retriever VectorIndex, a LlamaIndex VectorStoreIndex or vector store, "
-                    f"got {type(index).__name__}."
+            return
+        if isinstance(index, BasePydanticVectorStore):
+            if not index.stores_text:
+                raise ValueError(
+                    f"This {type(index).__name__} does not keep the node texts; pass the VectorStoreIndex built "
+                    "on it (its docstore holds the texts) instead of the bare vector store."
                 )
-            self._store_retriever = VectorIndexRetriever(
-                index, similarity_top_k=self._similarity_top_k, embed_model=self._embed_model
+            index = VectorStoreIndex.from_vector_store(index, embed_model=self._embed_model)
+        if not isinstance(index, VectorStoreIndex):
+            raise TypeError(
+                f"index must be a native_retriever VectorIndex, a LlamaIndex VectorStoreIndex or vector store, "
+                f"got {type(index).__name__}."
             )
-            self._vector_store = index.vector_store
-            self._check_store_dimension()
-        super().__init__(callback_manager=callback_manager, verbose=verbose)
+        self._store_retriever = VectorIndexRetriever(
+            index, similarity_top_k=self._similarity_top_k, embed_model=self._embed_model
+        )
+        self._vector_store = index.vector_store
+        self._check_store_dimension()
 
     def _dimension_message(self, found: int) -> str:
         return (
