@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--repeats", type=int, default=20, help="repetitions of the cheap steps per conversation")
     parser.add_argument("--answer-tokens", type=int, default=32)
     parser.add_argument("-k", type=int, default=3, help="passages retrieved per turn")
+    parser.add_argument("--extra-k", type=int, nargs="*", default=[], help="also time whole turns with these k")
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--index", help="index folder (default: built once under the cache folder)")
     parser.add_argument("--corpus-vectors", help="teacher vectors of the corpus (.npy) to build the index from")
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--memory-probe", choices=["native", "both"], help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--plot", help="PNG file for the plot (e.g. docs/performance.png)")
+    parser.add_argument("--markdown", help="write the result tables as Markdown to this file")
     args = parser.parse_args(argv)
 
     if args.memory_probe:
@@ -246,6 +248,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         classic = classic_turn(
             model, tokenizer, teacher, index, messages, args.k, args.answer_tokens, args.answer_tokens
         )
+        extra = {}
+        for k in args.extra_k:
+            a = native_turn(embedder, index, messages, k, args.answer_tokens, args.answer_tokens)
+            b = classic_turn(model, tokenizer, teacher, index, messages, k, args.answer_tokens, args.answer_tokens)
+            extra[k] = {"native_turn_ms": sum(a.timings.values()), "classic_turn_ms": sum(b.timings.values())}
         # the cheap steps again on the same inputs
         encoded = embedder.encode(messages)
         with torch.inference_mode(), embedder.capture() as cap:
@@ -281,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 "native_passage_tokens": len(native.prompt_ids) - query["tokens"],
                 "classic_prompt_tokens": len(classic.prompt_ids),
                 "steps": {"native": n, "classic": c},
+                "other_k": extra,
             }
         )
 
@@ -326,6 +334,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         "retrieval_ratio_standalone": ratio(gte, med("llm_prefill") + med("head") + med("search")),
         "rag_turn_ratio": ratio(totals["classic_turn_ms"]["p50_ms"], totals["native_turn_ms"]["p50_ms"]),
         "gte_retrieval_p50_ms": round(gte, 3),
+        "rag_turn_ratio_other_k": {
+            str(k): ratio(
+                float(np.median([t["other_k"][k]["classic_turn_ms"] for t in per_turn])),
+                float(np.median([t["other_k"][k]["native_turn_ms"] for t in per_turn])),
+            )
+            for k in args.extra_k
+        },
+        "in_turn_embedding_step_ratio": ratio(med("classic_teacher"), med("native_head")),
         "passage_overlap_mean": round(float(np.mean([t["overlap"] for t in per_turn])), 3),
         "by_length": by_length(per_turn),
         "head_profile": head_profile(embedder),
@@ -349,9 +365,31 @@ def main(argv: list[str] | None = None) -> dict | None:
         output.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
         plot(report, args.plot)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(report))
     keys = ("embedding_step_ratio", "retrieval_ratio_capture", "retrieval_ratio_standalone", "rag_turn_ratio")
     print(json.dumps({k: report[k] for k in keys} | {"steps": {k: v["p50_ms"] for k, v in p50.items()}}, indent=2))
     return report
+
+
+def markdown(report: dict) -> str:
+    """The tables of docs/performance.md."""
+    steps = report["steps"]
+    lines = ["| step | p50 ms | p95 ms | samples |", "|---|---|---|---|"]
+    for name, value in steps.items():
+        lines.append(f"| {name} | {value['p50_ms']:.3f} | {value['p95_ms']:.3f} | {value['n']} |")
+    lines += ["", "| total per conversation | p50 ms | p95 ms |", "|---|---|---|"]
+    for name, value in report["totals"].items():
+        lines.append(f"| {name} | {value['p50_ms']:.1f} | {value['p95_ms']:.1f} |")
+    rows = report["by_length"]
+    if rows:
+        lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+    scaling = report["batch_scaling"]
+    if scaling:
+        lines += ["", "| " + " | ".join(scaling[0]) + " |", "|" + "---|" * len(scaling[0])]
+        lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in scaling]
+    return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, path: str) -> None:
