@@ -7,7 +7,9 @@ process grew by (FAISS plus the id/text records; freed memory is reused, so this
 batch-1 latency and batch QPS of ``VectorIndex.search`` (k=10), and recall@10 against the exact (flat) results, for
 a few search settings (IVF ``nprobe``, HNSW ``efSearch``, set on the built index).
 
-    OMP_NUM_THREADS=1 python benchmarks/index_scale.py --sizes 100000 1000000 --output docs/index-scale.json
+    OMP_NUM_THREADS=1 python benchmarks/index_scale.py --sizes 100000 1000000 --output docs/performance.json
+
+The results go under the key ``index_scale`` of the output file (other keys kept; rows of other sizes kept).
 
 Linux only (resident memory read from /proc/self/statm).
 """
@@ -147,7 +149,20 @@ def main() -> None:
         "rows": rows,
     }
     if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        write_merged(Path(args.output), report)
+
+
+def write_merged(path: Path, report: dict) -> None:
+    """Store the report under ``index_scale`` in ``path`` (other keys kept), keeping rows of sizes not re-run."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    old = data.get("index_scale", {})
+    sizes = {row["n"] for row in report["rows"]}
+    kept = [row for row in old.get("rows", []) if row["n"] not in sizes]
+    runs = [run for run in old.get("runs", []) if set(run["config"]["sizes"]) - sizes] + [
+        {k: v for k, v in report.items() if k != "rows"}
+    ]
+    data["index_scale"] = {"runs": runs, "rows": sorted(kept + report["rows"], key=lambda r: (r["n"], r["kind"]))}
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":
