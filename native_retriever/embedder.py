@@ -119,6 +119,7 @@ class NativeEmbedder:
         self._teacher = teacher
         self._teacher_lock = threading.Lock()
         self._lock = threading.RLock()  # one forward at a time: safe from threads and executor calls
+        self._document_lock = threading.Lock()
         self.prompt_format = PromptFormat.from_dict(self.head.config.prompt_format)
         parameter = next(model.parameters())
         self.head.to(device=parameter.device).eval()
@@ -245,7 +246,9 @@ class NativeEmbedder:
         self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None
     ) -> np.ndarray:
         """Document vectors from the teacher, L2-normalised like the query side: (N, D)."""
-        vectors = self.teacher.encode(texts, batch_size=batch_size, show_progress=show_progress)
+        teacher = self.teacher
+        with self._document_lock:  # the teacher's tokenizer is not safe to share between threads either
+            vectors = teacher.encode(texts, batch_size=batch_size, show_progress=show_progress)
         if vectors.shape[1] != self.dimension:
             raise DimensionMismatchError(
                 f"The teacher gives {vectors.shape[1]}-d vectors but the head gives {self.dimension}-d; "
