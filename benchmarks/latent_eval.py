@@ -1,0 +1,201 @@
+"""Evaluate latent-view adapters (ablation, K sweep, batch-1 latency) on a coqa-dev subset, beside the baselines.
+
+    OMP_NUM_THREADS=1 python benchmarks/latent_eval.py --runs runs/latent --data ../shared/data/coqa-dev \
+        --output docs/latent-results.json [--gte]
+
+The subset (a CPU budget): the passages of the first ``--corpus-stories`` CoQA stories of coqa-dev (in the
+queries file's order; no SQuAD distractors) and every judged turn of the first ``--query-stories`` of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from native_retriever.data import RetrievalData, load_data
+from native_retriever.evaluation import evaluate_systems, retrieval_metrics, top_k_run
+from native_retriever.latent import LatentEmbedder
+from native_retriever.latent.encoder import pool
+from native_retriever.models import load_llm
+
+ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh)
+    "full": "full method (K=3)",
+    "no-explicit": "without the explicit view (latent InfoNCE only, K=3)",
+    "no-trajectory": "without trajectory alignment",
+    "no-distill": "without output distillation",
+    "k1": "K=1 (no latent tokens), all losses",
+    "contrastive": "contrastive only (K=1, latent InfoNCE: the paper's fair baseline)",
+    "full-n20": "full method, 20 training queries",
+    "full-n80": "full method, 80 training queries",
+}
+
+
+def coqa_subset(folder: str, corpus_stories: int, query_stories: int) -> RetrievalData:
+    data = load_data(folder)
+    stories: list[str] = []
+    for q in data.queries:
+        if q["story_id"] not in stories:
+            stories.append(q["story_id"])
+    keep, ask = set(stories[:corpus_stories]), set(stories[:query_stories])
+    corpus = [d for d in data.corpus if d["id"].split("#")[0] in keep]
+    queries = [q for q in data.queries if q["story_id"] in ask]
+    qrels = {q["id"]: data.qrels[q["id"]] for q in queries}
+    return RetrievalData(f"{data.name}-subset", corpus, queries, qrels)
+
+
+def p50_ms(systems: dict, items: list, warmup: int = 2) -> dict:
+    """Batch-1 p50 milliseconds of each system, interleaved item by item so load changes hit all alike."""
+    times: dict = {name: [] for name in systems}
+    for position, item in enumerate(items[:warmup] + items):
+        for name, fn in systems.items():
+            start = time.perf_counter()
+            fn(item)
+            if position >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: round(statistics.median(values), 1) for name, values in times.items()}
+
+
+def adapter_row(folder: Path, data: RetrievalData) -> dict:
+    config = json.loads((folder / "latent_config.json").read_text())
+    model, tokenizer = load_llm()
+    embedder = LatentEmbedder(model, tokenizer, folder)
+    started = time.time()
+    metrics = evaluate_systems(data, ["latent"], latent_embedders={"latent": embedder})["systems"]["latent"]
+    training = config["training"]
+    return metrics | {
+        "k": config["k"],
+        "train_examples": training["examples"],
+        "train_steps": training["optimizer_steps"],
+        "train_seconds": training["seconds"],
+        "eval_seconds": round(time.time() - started, 1),
+        "weights": {k: training["config"][f"{k}_weight"] for k in ("latent", "explicit", "distill", "trajectory")},
+    }
+
+
+@torch.inference_mode()
+def all_steps(embedder: LatentEmbedder, sequences: list[list[int]], k: int, batch_size: int = 8) -> torch.Tensor:
+    """(N, k, H) latent-step states; the first K of k steps are exactly the K-step trajectory."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out = torch.zeros((len(sequences), k, embedder.dimension))
+    with embedder.encoder.adapter_active():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = embedder.encoder.states([sequences[i] for i in rows], k).float()
+    return out
+
+
+def k_sweep(folder: Path, data: RetrievalData, k_max: int = 6, latency_queries: int = 12) -> list[dict]:
+    model, tokenizer = load_llm()
+    embedder = LatentEmbedder(model, tokenizer, folder)
+    encoder = embedder.encoder
+    docs = all_steps(embedder, [encoder.document_ids(d["text"]) for d in data.corpus], k_max)
+    queries = all_steps(embedder, [encoder.conversation_ids(q["messages"]) for q in data.queries], k_max)
+    qids = [q["id"] for q in data.queries]
+    sample = [q["messages"] for q in data.queries[:latency_queries]]
+    systems = {k: LatentEmbedder(model, tokenizer, encoder, k=k).embed_conversation for k in range(1, k_max + 1)}
+    latencies = p50_ms(systems, sample)
+    rows = []
+    for k in range(1, k_max + 1):
+        run = top_k_run(qids, data.doc_ids, pool(queries[:, :k]).numpy(), pool(docs[:, :k]).numpy())
+        rows.append({"k": k, **retrieval_metrics(data.qrels, run), "query_p50_ms": latencies[k]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def latency(folder: Path, data: RetrievalData, n: int = 20) -> dict:
+    from native_retriever.embedder import NativeEmbedder
+    from native_retriever.teacher import Teacher
+
+    sample = data.queries[:n]
+    teacher = Teacher.from_pretrained()
+    native = NativeEmbedder(*load_llm(), teacher=teacher)
+    model, tokenizer = load_llm()
+    latent = LatentEmbedder(model, tokenizer, folder)
+    queries = p50_ms(
+        {
+            f"latent (K={latent.k})": lambda q: latent.embed_conversation(q["messages"]),
+            "native-context": lambda q: native.embed_conversation(q["messages"]),
+            "teacher-question": lambda q: teacher.encode([q["question"]], show_progress=False),
+        },
+        sample,
+    )
+    documents = p50_ms(
+        {
+            "latent document": lambda d: latent.embed_documents([d["text"]]),
+            "teacher document": lambda d: teacher.encode([d["text"]], show_progress=False),
+        },
+        data.corpus[:n],
+    )
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    return {"queries": n, **queries, **documents, "lora_parameters": lora}
+
+
+def baselines(data: RetrievalData, gte: bool) -> dict:
+    from native_retriever.embedder import NativeEmbedder
+    from native_retriever.teacher import Teacher
+
+    teacher = Teacher.from_pretrained()
+    llm = load_llm()
+    systems = ["bm25-question", "teacher-question", "teacher-history", "native-context"]
+    systems += ["generate-then-encode"] if gte else []
+    report = evaluate_systems(
+        data, systems, llm=llm, context_embedder=NativeEmbedder(*llm, teacher=teacher), teacher=teacher
+    )
+    return report["systems"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", default="runs/latent")
+    parser.add_argument("--data", default="../shared/data/coqa-dev")
+    parser.add_argument("--output", default="docs/latent-results.json")
+    parser.add_argument("--corpus-stories", type=int, default=16)
+    parser.add_argument("--query-stories", type=int, default=4)
+    parser.add_argument("--gte", action="store_true", help="also generate-then-encode on the subset (slow)")
+    parser.add_argument("--only", nargs="*", help="stages: ablation ksweep latency baselines")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = coqa_subset(args.data, args.corpus_stories, args.query_stories)
+    output = Path(args.output)
+    results = json.loads(output.read_text()) if output.is_file() else {}
+    results["subset"] = {
+        "data": args.data,
+        "corpus": f"CoQA passages of the first {args.corpus_stories} stories (queries-file order), no SQuAD",
+        "queries": f"every judged turn of the first {args.query_stories} stories",
+        "passages": len(data.corpus),
+        "judged_queries": len(data.queries),
+    }
+    print(json.dumps(results["subset"]))
+    stages = args.only or ["ablation", "ksweep", "latency", "baselines"]
+    runs = Path(args.runs)
+
+    def save() -> None:
+        output.write_text(json.dumps(results, indent=2) + "\n")
+
+    if "ablation" in stages:
+        results.setdefault("ablation", {})
+        for name, label in ABLATION.items():
+            if (runs / name / "latent_config.json").is_file() and name not in results["ablation"]:
+                results["ablation"][name] = {"label": label, **adapter_row(runs / name, data)}
+                print(name, json.dumps(results["ablation"][name]), flush=True)
+                save()
+    if "ksweep" in stages and (runs / "full" / "latent_config.json").is_file():
+        results["k_sweep"] = k_sweep(runs / "full", data)
+        save()
+    if "latency" in stages and (runs / "full" / "latent_config.json").is_file():
+        results["latency_p50_ms_batch1"] = latency(runs / "full", data)
+        print(json.dumps(results["latency_p50_ms_batch1"]))
+        save()
+    if "baselines" in stages:
+        results["baselines"] = baselines(data, args.gte)
+        print(json.dumps(results["baselines"]))
+        save()
+
+
+if __name__ == "__main__":
+    main()
