@@ -152,6 +152,25 @@ def main() -> None:
         write_merged(Path(args.output), report)
 
 
+def markdown(rows: list[dict]) -> str:
+    """One table row per (size, kind, search setting)."""
+    lines = [
+        "| vectors | kind | setting | build s | FAISS MB | RSS added MB | batch QPS | batch-1 p50 ms | p95 ms "
+        "| recall@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        setting = {
+            "ivf": f"nlist {r.get('nlist')}, nprobe {r.get('nprobe')}",
+            "hnsw": f"M {r.get('hnsw_m')}, efC {r.get('ef_construction')}, efSearch {r.get('ef_search')}",
+        }.get(r["kind"], "exact")
+        lines.append(
+            f"| {r['n']:,} | {r['kind']} | {setting} | {r['build_s']} | {r['faiss_mb']} | {r['rss_added_mb']} | "
+            f"{r['qps_batch']} | {r['p50_ms']} | {r['p95_ms']} | {r['recall@10']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_merged(path: Path, report: dict) -> None:
     """Store the report under ``index_scale`` in ``path`` (other keys kept), keeping rows of sizes not re-run."""
     data = json.loads(path.read_text()) if path.is_file() else {}
