@@ -199,12 +199,12 @@ def native_turn(
 
     The conversation (the head's formatted tokens, ``embedder.encode``) is prefilled once; the head reads that
     prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
-    template and the answer is generated on the same KV cache. Timings: ``prefill``, ``head``, ``search``,
-    ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
+    template and the answer is generated on the same KV cache. Timings: ``prefill`` (formatting included), ``head``,
+    ``search``, ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
     """
     model, tokenizer = embedder.model, embedder.tokenizer
-    kept, encoded = formatted_messages(embedder, messages)
     clock = _Clock()
+    kept, encoded = formatted_messages(embedder, messages)
     with embedder.capture() as cap:
         cache = prefill(model, encoded.input_ids)
     clock.lap("prefill")
