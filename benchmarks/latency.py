@@ -108,6 +108,35 @@ def build_index(embedder, data, folder: Path, vectors_file: str | None = None) -
     return index
 
 
+def original_attention_head(head, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The attention head's forward as shipped before the inference path (module calls, masking, einsum)."""
+    body = head.body
+    position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, body.recency.num_embeddings - 1)
+    hidden = body.norm(states)
+    logits = (body.score(hidden) + body.recency(distance)).masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    weights = torch.softmax(logits, dim=1)
+    pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
+    return torch.nn.functional.normalize(body.proj(body.dropout(pooled)).float(), dim=-1)
+
+
+def head_before_after(embedder, states_len: int = 192, rounds: int = 300) -> dict:
+    """p50 of the shipped head's original forward vs its inference path, interleaved, batch 1 (same outputs)."""
+    if embedder.head.config.architecture != "attention":
+        return {}
+    states = torch.randn(1, states_len, embedder.head.config.hidden_size)
+    mask = torch.ones(1, states_len, dtype=torch.bool)
+    before, after = [], []
+    with torch.inference_mode():
+        same = torch.allclose(
+            original_attention_head(embedder.head, states, mask), embedder.head(states, mask), atol=1e-5
+        )
+        for _ in range(rounds):
+            before.append(timed_ms(original_attention_head, embedder.head, states, mask)[1])
+            after.append(timed_ms(embedder.head, states, mask)[1])
+    return {"tokens": states_len, "original_ms": summary(before), "inference_path_ms": summary(after), "same": same}
+
+
 def head_profile(embedder, states_len: int = 192) -> dict:
     """Where the head's time goes (torch profiler, batch 1): top operators by self CPU time."""
     hidden = embedder.head.config.hidden_size
@@ -345,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "passage_overlap_mean": round(float(np.mean([t["overlap"] for t in per_turn])), 3),
         "by_length": by_length(per_turn),
         "head_profile": head_profile(embedder),
+        "head_before_after": head_before_after(embedder),
         "batch_scaling": batch_scaling(embedder, teacher, conversations, args.batch_sizes, repeats=3),
         "turns": per_turn,
     }
