@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             for k in args.extra_k
         },
         "in_turn_embedding_step_ratio": ratio(med("classic_teacher"), med("native_head")),
+        "rag_turn_ratio_estimate_by_answer_tokens": answer_token_model(steps, args.answer_tokens),
         "passage_overlap_mean": round(float(np.mean([t["overlap"] for t in per_turn])), 3),
         "by_length": by_length(per_turn),
         "head_profile": head_profile(embedder),
@@ -400,6 +401,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     keys = ("embedding_step_ratio", "retrieval_ratio_capture", "retrieval_ratio_standalone", "rag_turn_ratio")
     print(json.dumps({k: report[k] for k in keys} | {"steps": {k: v["p50_ms"] for k, v in p50.items()}}, indent=2))
     return report
+
+
+def answer_token_model(steps: dict[str, list[float]], answer_tokens: int) -> dict[str, float]:
+    """Classic / native turn for other answer lengths, estimated from this run's per-step p50s (decode cost per
+    token = the answer step's p50 / ``answer_tokens``)."""
+    med = {name: float(np.median(values)) for name, values in steps.items()}
+    sides = {}
+    for side in ("classic", "native"):
+        fixed = sum(v for k, v in med.items() if k.startswith(side + "_") and k != f"{side}_answer")
+        sides[side] = (fixed, med[f"{side}_answer"] / answer_tokens)
+    (c_fixed, c_tok), (n_fixed, n_tok) = sides["classic"], sides["native"]
+    return {str(a): ratio(c_fixed + a * c_tok, n_fixed + a * n_tok) for a in (0, 8, 32, 128)}
 
 
 def markdown(report: dict) -> str:
@@ -440,10 +453,13 @@ def plot(report: dict, path: str) -> None:
         ("search", "index search (both)"),
         ("native_passages_prefill", "native: passages on the cache"),
         ("classic_answer_prefill", "classic: answer prompt prefill"),
-        ("native_answer", f"answer decode, {report['answer_tokens']} tokens"),
+        ("native_answer", f"answer decode, {report['answer_tokens']} tokens (both)"),
     ]
     names = [(key, label) for key, label in names if key in steps]
-    colours = ["#c44e52" if label.startswith(("g-t-e", "classic")) else "#4c72b0" for _, label in names]
+    colours = [
+        "#c44e52" if label.startswith(("g-t-e", "classic")) else "#4c72b0" if label.startswith("native") else "#8c8c8c"
+        for _, label in names
+    ]
     left.barh([label for _, label in names], [steps[key]["p50_ms"] for key, _ in names], color=colours)
     left.set_xscale("log")
     left.invert_yaxis()
