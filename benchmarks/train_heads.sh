@@ -21,6 +21,10 @@ case "${1:-all}" in
     run query --input-mode query --tokens query --architecture linear --lr 3e-3 --epochs 30 --patience 6
     cp "$RUNS"/no-contrastive/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm/
     cp "$RUNS"/query/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm-query/ ;;
+  holdout)  # the shipped recipe, epoch picked on held-out coqa-train conversations instead of coqa-dev
+    native-retriever train-head --train "$DATA/coqa-train" "$DATA/squad-nyt" "$DATA/squad-newwiki" \
+      --max-train-queries 4096 1500 1500 --dev-holdout 30 --cache "$CACHE" --output "$RUNS/holdout" \
+      "${CONTEXT[@]}" --contrastive-weight 0 ;;
   ablation)
     run context "${CONTEXT[@]}"
     run no-align "${CONTEXT[@]}" --align-weight 0
