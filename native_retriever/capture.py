@@ -18,6 +18,7 @@ padding); ``vectors(conversations)`` checks each row's tokens against it and rea
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,7 +92,9 @@ class HiddenStateCapture:
         self.model = model
         self.base = getattr(model, "base_model", model)
         num_layers = int(model.config.num_hidden_layers)
-        self.indices = sorted({_layer_index(layer, num_layers) for layer in layers})
+        # a layer listed twice weighs twice, as in token_states' mean over the listed layers
+        self.counts = Counter(_layer_index(layer, num_layers) for layer in layers)
+        self.indices = sorted(self.counts)
         self.num_layers = num_layers
         self.keep = keep
         self.prefill: Prefill | None = None
@@ -154,7 +157,7 @@ class HiddenStateCapture:
 
     def _on_return(self, module, args, output) -> None:
         pending, self._pending = self._pending, None
-        if pending is None or pending["n"] != len(self.indices):
+        if pending is None or pending["n"] != sum(self.counts.values()):
             return  # not a prefill, or the forward failed before every layer was seen
         states = pending["sum"] if pending["n"] == 1 else pending["sum"] / pending["n"]
         self.prefill = Prefill(pending["input_ids"], pending["mask"], states, pending["length"])
@@ -169,23 +172,25 @@ class HiddenStateCapture:
             hidden = hidden[:, -self.keep :]
         return hidden.detach().clone()  # a copy: the model's own buffers are not held
 
-    def _add(self, hidden: torch.Tensor) -> None:
+    def _add(self, hidden: torch.Tensor, count: int) -> None:
         pending = self._pending
         kept = self._keep(hidden)
+        if count > 1:
+            kept.mul_(count)
         pending["sum"] = kept if pending["sum"] is None else pending["sum"].add_(kept)
-        pending["n"] += 1
+        pending["n"] += count
 
     def _layer_hook(self, index: int):
         def hook(module, args, kwargs) -> None:
             if self._pending is not None and threading.get_ident() == self._thread:
-                self._add(args[0] if args else kwargs["hidden_states"])
+                self._add(args[0] if args else kwargs["hidden_states"], self.counts[index])
 
         return hook
 
     def _on_base_output(self, module, args, output) -> None:
         if self._pending is not None and threading.get_ident() == self._thread:
             hidden = getattr(output, "last_hidden_state", None)
-            self._add(hidden if hidden is not None else output[0])
+            self._add(hidden if hidden is not None else output[0], self.counts[self.num_layers])
 
     def require_prefill(self) -> Prefill:
         if self.prefill is None:

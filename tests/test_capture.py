@@ -55,7 +55,7 @@ def _generate(model, batch, tokens=4):
 
 @pytest.mark.parametrize(
     ("architecture", "layers"),
-    [("attention", [-1]), ("linear", [-1]), ("transformer", [-1]), ("attention", [1, -1]), ("linear", [0, -2])],
+    [("attention", [-1]), ("linear", [-1]), ("transformer", [-1]), ("attention", [1, -1]), ("linear", [0, -2, 0])],
 )
 def test_left_padded_generate_batch_equals_embed_conversation_per_row(
     tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, architecture, layers
