@@ -180,7 +180,9 @@ def write_merged(path: Path, report: dict) -> None:
     runs = [run for run in old.get("runs", []) if set(run["config"]["sizes"]) - sizes] + [
         {k: v for k, v in report.items() if k != "rows"}
     ]
-    data["index_scale"] = {"runs": runs, "rows": sorted(kept + report["rows"], key=lambda r: (r["n"], r["kind"]))}
+    order = {"flat": 0, "ivf": 1, "hnsw": 2}
+    rows = sorted(kept + report["rows"], key=lambda r: (r["n"], order[r["kind"]]))
+    data["index_scale"] = {"runs": runs, "rows": rows}
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
