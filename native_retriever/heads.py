@@ -114,24 +114,54 @@ class AttentionPoolHead(nn.Module):
         return self.proj(self.dropout(pooled))
 
     def _fast_forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Inference path: the same math as ``forward`` without module calls, dropout, embedding lookups or masking
-        when one row has no padding (the batch-1 query path). Outputs equal the training-path outputs."""
-        hidden = F.layer_norm(states, states.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
-        recency = self.recency.weight
+        """Inference path: the same function as ``forward`` without module calls, dropout or embedding lookups.
+
+        One unpadded row (the batch-1 query path) also skips masking and never materialises the normed states: the
+        layer norm's scale g and shift b are folded into the score and output maps (``_folded``). With centred
+        states c_t = x_t - mean(x_t) and r_t = 1/std(x_t), the normed state is g*c_t*r_t + b, so the scores are
+        (W_s*g) c_t * r_t + (W_s b + b_s), and since each head's weights a_t sum to 1 its pooled state is
+        g * sum_t (a_t r_t) c_t + b, mapped by (W_p*g) and W_p b + b_p: pool first, project after.
+        """
         batch, length = mask.shape
+        recency = self.recency.weight
         limit = recency.shape[0]
         if batch == 1 and length <= limit and bool(mask.all()):
-            # distance from the end is length-1-t: the first `length` recency rows, reversed.
-            logits = F.linear(hidden[0], self.score.weight, self.score.bias) + recency[:length].flip(0)
-            weights = torch.softmax(logits, dim=0)  # (T, heads)
-            pooled = (weights.t() @ hidden[0]).view(1, -1)
-        else:
-            position = torch.arange(length, device=mask.device).unsqueeze(0)
-            distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, limit - 1)
-            logits = F.linear(hidden, self.score.weight, self.score.bias) + recency[distance]
-            weights = torch.softmax(logits.masked_fill(~mask.unsqueeze(-1), float("-inf")), dim=1)
-            pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
+            score_w, score_b, proj_w, proj_b, recency_rev = self._folded()
+            centred = states[0] - states[0].mean(-1, keepdim=True)
+            scale = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + self.norm.eps)  # (T, 1)
+            logits = torch.addcmul(score_b + recency_rev[limit - length :], F.linear(centred, score_w), scale)
+            weights = torch.softmax(logits, dim=0).mul_(scale)  # (T, heads): a_t * r_t
+            pooled = (weights.t() @ centred).view(1, -1)
+            return F.linear(pooled, proj_w, proj_b)
+        hidden = F.layer_norm(states, states.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
+        position = torch.arange(length, device=mask.device).unsqueeze(0)
+        distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, limit - 1)
+        logits = F.linear(hidden, self.score.weight, self.score.bias) + recency[distance]
+        weights = torch.softmax(logits.masked_fill(~mask.unsqueeze(-1), float("-inf")), dim=1)
+        pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
         return F.linear(pooled, self.proj.weight, self.proj.bias)
+
+    def _folded(self) -> tuple[torch.Tensor, ...]:
+        """Score and output weights with the layer norm's scale and shift folded in, and the recency table reversed
+        (row L-1-d holds distance d); recomputed when any weight changes (version counter, storage or device)."""
+        tensors = (self.norm.weight, self.norm.bias, self.score.weight, self.score.bias, self.proj.weight)
+        tensors += (self.proj.bias, self.recency.weight)
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        cached = self.__dict__.get("_folded_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            gain, shift, score_w, score_b, proj_w, proj_b, recency = (t.detach() for t in tensors)
+            per_head = proj_w.view(proj_w.shape[0], score_w.shape[0], -1)  # (D, heads, H)
+            folded = (
+                (score_w * gain).contiguous(),
+                score_w @ shift + score_b,
+                (per_head * gain).reshape(proj_w.shape[0], -1).contiguous(),
+                proj_b + (per_head * shift).sum((1, 2)),
+                recency.flip(0).contiguous(),
+            )
+        self.__dict__["_folded_cache"] = (key, folded)
+        return folded
 
 
 class TransformerHead(nn.Module):

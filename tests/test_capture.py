@@ -192,6 +192,7 @@ def test_a_capture_cannot_be_reopened_and_bad_layers_are_refused(tiny_llm, tiny_
 def _states(lengths, hidden, seed=0):
     generator = torch.Generator().manual_seed(seed)
     states = torch.randn(len(lengths), max(lengths), hidden, generator=generator) * 3
+    states[..., 5] += 40.0  # LLM states have a few large dimensions: the folded layer norm must stay exact
     mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
     for row, n in enumerate(lengths):
         mask[row, :n] = True
@@ -211,3 +212,17 @@ def test_shipped_head_fast_path_equals_training_path(lengths):
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.cat(rows), reference, atol=1e-5, rtol=0)
     assert not torch.equal(reference[0], ProjectionHead.from_pretrained(DEFAULT_HEAD)(states, mask)[0])
+
+
+def test_folded_head_weights_follow_weight_updates():
+    head = ProjectionHead.from_pretrained(DEFAULT_HEAD)
+    states, mask = _states([50], head.config.hidden_size)
+    with torch.inference_mode():
+        before = head(states, mask)
+    with torch.no_grad():  # an optimizer step or load_state_dict changes weights in place
+        head.body.norm.weight.mul_(1.5)
+        head.body.proj.bias.add_(0.1)
+    with torch.inference_mode():
+        after = head(states, mask)
+    torch.testing.assert_close(after, head(states, mask).detach(), atol=1e-5, rtol=0)
+    assert not torch.allclose(before, after, atol=1e-3)
