@@ -143,10 +143,10 @@ class AttentionPoolHead(nn.Module):
 
     def _folded(self) -> tuple[torch.Tensor, ...]:
         """Score and output weights with the layer norm's scale and shift folded in, and the recency table reversed
-        (row L-1-d holds distance d); recomputed when any weight changes (version counter, storage or device)."""
+        (row L-1-d holds distance d); recomputed when any weight changes (its version counter or storage)."""
         tensors = (self.norm.weight, self.norm.bias, self.score.weight, self.score.bias, self.proj.weight)
         tensors += (self.proj.bias, self.recency.weight)
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        key = tuple((t.data_ptr(), t._version) for t in tensors)  # .to() and in-place updates change these
         cached = self.__dict__.get("_folded_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
