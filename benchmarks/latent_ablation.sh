@@ -32,6 +32,6 @@ case "${1:-train}" in
     for n in 20 80; do COMMON[3]=$n; train "full-n$n"; done
     ;;
   eval)
-    python benchmarks/latent_eval.py --runs "$RUNS" --data "$DATA/coqa-dev" --output docs/latent-results.json
+    python benchmarks/latent_eval.py --runs "$RUNS" --data "$DATA/coqa-dev" --output docs/latent-results.json --gte
     ;;
 esac

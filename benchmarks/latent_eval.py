@@ -21,6 +21,7 @@ from native_retriever.data import RetrievalData, load_data
 from native_retriever.evaluation import evaluate_systems, retrieval_metrics, top_k_run
 from native_retriever.latent import LatentEmbedder
 from native_retriever.latent.encoder import pool
+from native_retriever.latent.training import LOSSES
 from native_retriever.models import load_llm
 
 ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh)
@@ -69,11 +70,11 @@ def adapter_row(folder: Path, data: RetrievalData) -> dict:
     training = config["training"]
     return metrics | {
         "k": config["k"],
-        "train_examples": training["examples"],
-        "train_steps": training["optimizer_steps"],
-        "train_seconds": training["seconds"],
+        "train_examples": training.get("examples"),
+        "train_steps": training.get("optimizer_steps"),
+        "train_seconds": training.get("seconds"),
         "eval_seconds": round(time.time() - started, 1),
-        "weights": {k: training["config"][f"{k}_weight"] for k in ("latent", "explicit", "distill", "trajectory")},
+        "weights": {k: training["config"][f"{k}_weight"] for k in LOSSES} if "config" in training else None,
     }
 
 
@@ -105,6 +106,38 @@ def k_sweep(folder: Path, data: RetrievalData, k_max: int = 6, latency_queries: 
         rows.append({"k": k, **retrieval_metrics(data.qrels, run), "query_p50_ms": latencies[k]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def untrained_adapter(like: Path, folder: Path) -> None:
+    """An identity adapter (LoRA B = 0) with the same settings as ``like``: the base LLM in the latent view."""
+    from native_retriever.latent import LatentConfig, LatentEncoder
+
+    config = LatentConfig.from_dict(json.loads((like / "latent_config.json").read_text()))
+    config.training, config.metrics = {"examples": 0, "note": "untrained: LoRA B is zero"}, {}
+    model, tokenizer = load_llm()
+    LatentEncoder.create(model, tokenizer, config).save_pretrained(folder)
+
+
+def plot_k_sweep(sweeps: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (quality, cost) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, rows in sweeps.items():
+        ks = [r["k"] for r in rows]
+        quality.plot(ks, [r["recall@10"] for r in rows], marker="o", label=f"{name} R@10")
+        quality.plot(ks, [r["mrr@10"] for r in rows], marker="s", linestyle="--", label=f"{name} MRR@10")
+        cost.plot(ks, [r["query_p50_ms"] for r in rows], marker="o", label=name)
+    quality.set_xlabel("K at inference")
+    quality.legend(fontsize=7)
+    cost.set_xlabel("K at inference")
+    cost.set_ylabel("query p50 ms, batch 1")
+    cost.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def latency(folder: Path, data: RetrievalData, n: int = 20) -> dict:
@@ -157,6 +190,7 @@ def main() -> None:
     parser.add_argument("--corpus-stories", type=int, default=16)
     parser.add_argument("--query-stories", type=int, default=4)
     parser.add_argument("--gte", action="store_true", help="also generate-then-encode on the subset (slow)")
+    parser.add_argument("--k-sweep-runs", nargs="+", default=["full", "untrained"])
     parser.add_argument("--only", nargs="*", help="stages: ablation ksweep latency baselines")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -185,7 +219,10 @@ def main() -> None:
                 print(name, json.dumps(results["ablation"][name]), flush=True)
                 save()
     if "ksweep" in stages and (runs / "full" / "latent_config.json").is_file():
-        results["k_sweep"] = k_sweep(runs / "full", data)
+        if not (runs / "untrained" / "latent_config.json").is_file():
+            untrained_adapter(runs / "full", runs / "untrained")
+        results["k_sweep"] = {name: k_sweep(runs / name, data) for name in args.k_sweep_runs}
+        plot_k_sweep(results["k_sweep"], output.with_name("latent-k-sweep.png"))
         save()
     if "latency" in stages and (runs / "full" / "latent_config.json").is_file():
         results["latency_p50_ms_batch1"] = latency(runs / "full", data)

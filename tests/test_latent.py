@@ -393,3 +393,22 @@ def test_evaluate_systems_indexes_documents_with_the_latent_encoder(encoder, tin
     assert metrics["recall@10"] == pytest.approx(np.mean(hits), abs=1e-3)
     with pytest.raises(ValueError, match="latent_embedders"):
         evaluate_systems(data, ["latent-contrastive"], latent_embedders={"latent": embedder})
+
+
+def test_cli_latent_rationales_cache_and_use(tiny_llm_folder, tiny_data_folder, tmp_path, capsys):
+    from native_retriever.cli import main
+
+    cache = tmp_path / "rationales.jsonl"
+    args = ["latent-rationales", "--data", tiny_data_folder, "--llm", tiny_llm_folder, "-o", str(cache)]
+    assert main([*args, "--max-queries", "3", "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert len(rows) == 3 and all(set(r) == {"id", "rationale"} for r in rows)
+    assert main([*args, "--max-queries", "5", "--max-new-tokens", "4"]) == 0  # extends, keeps the first three
+    assert [json.loads(line)["id"] for line in cache.read_text().splitlines()][:3] == [r["id"] for r in rows]
+    assert len(cache.read_text().splitlines()) == 5
+    out = tmp_path / "adapter"
+    train = ["train-latent", "--train", tiny_data_folder, "--llm", tiny_llm_folder, "-o", str(out)]
+    small = ["--max-train-queries", "4", "--lora-r", "4", "--k", "2", "--max-tokens", "128", "--rationales", str(cache)]
+    assert main([*train, *small, "--document-max-tokens", "64", "--max-rationale-tokens", "16"]) == 0
+    saved = json.loads((out / "latent_config.json").read_text())
+    assert saved["training"]["data"]["rationales"] == str(cache)

@@ -13,6 +13,12 @@ RATIONALE_PROMPT = (
 )
 
 
+def earlier_turns(messages: list[dict]) -> str:
+    """The conversation before its current question, one message a line (the rationale prompt's context)."""
+    lines = [f"{m['role']}: {m['content']}" for m in messages[:-1] if m["role"] != "system"]
+    return "\n".join(lines) or "(no earlier turns)"
+
+
 def cmd_train_latent(args) -> None:
     """Train a latent-view adapter on one data folder and save it (adapter + latent_config.json + curves)."""
     from ..data import load_data
@@ -50,7 +56,6 @@ def cmd_latent_rationales(args) -> None:
     from tqdm.auto import tqdm
 
     from ..agent import generate_texts
-    from ..conversation import history_text
     from ..data import load_data
     from ..models import load_llm
 
@@ -70,7 +75,7 @@ def cmd_latent_rationales(args) -> None:
                     {
                         "role": "user",
                         "content": RATIONALE_PROMPT.format(
-                            history=history_text(q["messages"][:-1] or q["messages"]), question=q["question"]
+                            history=earlier_turns(q["messages"]), question=q["question"]
                         ),
                     }
                 ]
