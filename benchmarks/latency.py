@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.is_file():  # keep the index-scale results (benchmarks/index_scale.py) written beside
             previous = json.loads(output.read_text())
-            report.update({k: v for k, v in previous.items() if k == "index_scale"})
+            report.update({k: v for k, v in previous.items() if k.startswith("index_scale")})
         output.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
         plot(report, args.plot)
