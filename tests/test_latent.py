@@ -412,3 +412,25 @@ def test_cli_latent_rationales_cache_and_use(tiny_llm_folder, tiny_data_folder, 
     assert main([*train, *small, "--document-max-tokens", "64", "--max-rationale-tokens", "16"]) == 0
     saved = json.loads((out / "latent_config.json").read_text())
     assert saved["training"]["data"]["rationales"] == str(cache)
+
+
+@pytest.mark.slow
+def test_real_smollm2_latent_view_beside_the_agent():
+    from native_retriever.agent import generate_text
+    from native_retriever.models import load_llm
+
+    model, tokenizer = load_llm()
+    chat = [{"role": "user", "content": "Name one planet."}]
+    before = generate_text(model, tokenizer, chat, max_new_tokens=8)
+    encoder = LatentEncoder.create(model, tokenizer, LatentConfig(lora_r=8, lora_layers=2))
+    randomize_lora(encoder, scale=0.05)
+    embedder = LatentEmbedder(model, tokenizer, encoder)
+    ids = [encoder.conversation_ids(CONVERSATION), encoder.document_ids("Mars is the fourth planet from the Sun.")]
+    input_ids, mask = left_pad(ids, encoder.pad_id)
+    with torch.no_grad(), encoder.adapter_active():
+        cached = latent_states(model, input_ids, mask, k=3)
+        full = latent_states_uncached(model, input_ids, mask, k=3)
+    torch.testing.assert_close(cached, full, atol=2e-3, rtol=1e-4)  # final states reach |40|: fp32 sum order
+    vectors = embedder.embed_documents(["Mars is the fourth planet from the Sun.", "Paris is in France."])
+    assert vectors.shape == (2, 576) and embedder.embed_query("Which planet is red?").shape == (576,)
+    assert generate_text(model, tokenizer, chat, max_new_tokens=8) == before
