@@ -31,6 +31,9 @@ case "${1:-train}" in
   trend)
     for n in 20 80; do COMMON[3]=$n; train "full-n$n"; done
     ;;
+  extra)  # the full method with the output KL at weight 1 instead of 10
+    train full-distill1 --distill-weight 1
+    ;;
   eval)
     python benchmarks/latent_eval.py --runs "$RUNS" --data "$DATA/coqa-dev" --output docs/latent-results.json --gte
     ;;

@@ -33,6 +33,7 @@ ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh)
     "contrastive": "contrastive only (K=1, latent InfoNCE: the paper's fair baseline)",
     "full-n20": "full method, 20 training queries",
     "full-n80": "full method, 80 training queries",
+    "full-distill1": "full method, output KL weight 1 instead of 10",
 }
 
 

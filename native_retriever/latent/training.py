@@ -311,7 +311,13 @@ def load_checkpoint(folder: Path, encoder: LatentEncoder, optimizer, schedule) -
 
 def plot_losses(history: list[dict], path: Path) -> None:
     """Loss curves (each term, unweighted, and the weighted total) per optimizer step, as a PNG."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the log (training_log.json) is written anyway
+        warnings.warn(
+            "matplotlib is missing, so no loss_curve.png: pip install 'native-retriever[train]'.", stacklevel=2
+        )
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
