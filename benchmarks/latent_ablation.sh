@@ -34,6 +34,12 @@ case "${1:-train}" in
   extra)  # the full method with the output KL at weight 1 instead of 10
     train full-distill1 --distill-weight 1
     ;;
+  long)  # 160 queries (40 steps): the full method and contrastive only, side by side
+    COMMON[3]=160
+    train full-n160 &
+    train contrastive-n160 --k 1 --explicit-weight 0 --distill-weight 0 --trajectory-weight 0 &
+    wait
+    ;;
   eval)
     python benchmarks/latent_eval.py --runs "$RUNS" --data "$DATA/coqa-dev" --output docs/latent-results.json --gte
     ;;

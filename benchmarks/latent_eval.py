@@ -34,6 +34,8 @@ ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh)
     "full-n20": "full method, 20 training queries",
     "full-n80": "full method, 80 training queries",
     "full-distill1": "full method, output KL weight 1 instead of 10",
+    "full-n160": "full method, 160 training queries",
+    "contrastive-n160": "contrastive only (K=1), 160 training queries",
 }
 
 
