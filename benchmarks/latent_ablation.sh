@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Latent-view (LaSER) ablation on CoQA, sized for a shared 2-core CPU (one core: OMP_NUM_THREADS=1).
 #   bash benchmarks/latent_ablation.sh train   # six adapters on the same coqa-train sample (skips finished ones)
+#   bash benchmarks/latent_ablation.sh trend   # the full method on 20 and 80 queries
+#   bash benchmarks/latent_ablation.sh extra   # the full method with the output KL at weight 1
+#   bash benchmarks/latent_ablation.sh long    # full and contrastive only on 160 queries (two processes)
 #   bash benchmarks/latent_ablation.sh eval    # ablation table, K sweep and latency on the coqa-dev subset
 # Adapters and logs go to $RUNS (default runs/latent, outside git); results JSON/PNG to docs/.
 set -euo pipefail
