@@ -123,15 +123,9 @@ def cmd_chat(args) -> None:
 
 
 def cmd_bench_latency(args) -> None:
-    """Latency of native retrieval vs generate-then-encode (runs benchmarks/latency.py of a source checkout)."""
-    import importlib.util
+    """Latency of native retrieval vs generate-then-encode, side by side (``native_retriever.bench_latency``)."""
+    from . import bench_latency as module
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-    if not script.is_file():
-        raise SystemExit(f"`bench latency` runs {script}, which ships with the source checkout, not the wheel.")
-    spec = importlib.util.spec_from_file_location("native_retriever_bench_latency", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     argv = ["--data", args.data, "--per-length", str(args.per_length), "--repeats", str(args.repeats)]
     argv += ["--answer-tokens", str(args.answer_tokens)] + (["--output", args.output] if args.output else [])
     argv += ["--corpus-vectors", args.corpus_vectors] if args.corpus_vectors else []
