@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,8 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import HeadFileError, IncompatibleHeadError
-from .models import fingerprints_match
+from .errors import HeadFileError
+from .files import atomic_folder, check_identity, read_config
 
 HEAD_FORMAT = "native-retriever-head"
 ARCHITECTURES = ("linear", "attention", "transformer")
@@ -226,20 +224,10 @@ class ProjectionHead(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``head.safetensors`` and ``config.json`` atomically (a crash leaves the old folder intact)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        try:
+        with atomic_folder(folder) as tmp:
             weights = {name: t.detach().float().cpu().contiguous() for name, t in self.state_dict().items()}
             save_file(weights, str(tmp / "head.safetensors"))
             (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            backup = folder.with_name(f".{folder.name}.old")
-            if folder.exists():
-                os.replace(folder, backup)
-            os.replace(tmp, folder)
-            shutil.rmtree(backup, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ProjectionHead:
@@ -252,12 +240,7 @@ class ProjectionHead(nn.Module):
                     f"{path} is missing; a head folder holds config.json and head.safetensors "
                     "(train one with `native-retriever train-head`, or omit the head to use the shipped default)."
                 )
-        try:
-            data = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HeadFileError(f"{config_path} is not valid JSON ({exc}); restore or retrain the head.") from exc
-        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
-            raise HeadFileError(f"{config_path} is not a native-retriever head config (format != {HEAD_FORMAT!r}).")
+        data = read_config(config_path, HEAD_FORMAT, "head")
         try:
             config = HeadConfig.from_dict(data)
             head = cls(config)
@@ -276,15 +259,5 @@ class ProjectionHead(nn.Module):
         ):
             if not actual or not expected:
                 continue
-            for key in sorted(set(actual) & set(expected) - {"name"}):
-                same = (
-                    fingerprints_match(actual[key], expected[key])
-                    if key == "fingerprint"
-                    else actual[key] == expected[key]
-                )
-                if not same:
-                    raise IncompatibleHeadError(
-                        f"This head was trained for {side} {expected.get('name')!r} but got {actual.get('name')!r}: "
-                        f"{side} field {key!r} differs (head: {expected[key]!r}, given: {actual[key]!r}). "
-                        f"Use the head trained for this {side}, or train one with `native-retriever train-head`."
-                    )
+            fix = f"Use the head trained for this {side}, or train one with `native-retriever train-head`."
+            check_identity("head", side, actual, expected, fix)

@@ -7,8 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import HeadFileError, IncompatibleHeadError, NativeRetrieverError
-from ..models import fingerprints_match
+from ..errors import HeadFileError, NativeRetrieverError
+from ..files import check_identity, read_config
 
 LATENT_FORMAT = "native-retriever-latent"
 CONFIG_NAME = "latent_config.json"
@@ -66,27 +66,12 @@ class LatentConfig:
                 f"{path} is missing; a latent adapter folder holds {CONFIG_NAME}, adapter_config.json and "
                 "adapter_model.safetensors (train one with `native-retriever train-latent`)."
             )
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HeadFileError(f"{path} is not valid JSON ({exc}); restore or retrain the adapter.") from exc
-        if not isinstance(data, dict) or data.get("format") != LATENT_FORMAT:
-            raise HeadFileError(f"{path} is not a native-retriever latent config (format != {LATENT_FORMAT!r}).")
-        return cls.from_dict(data)
+        return cls.from_dict(read_config(path, LATENT_FORMAT, "latent adapter"))
 
     def check_compatible(self, llm: dict) -> None:
         """Refuse an LLM other than the one the adapter was trained on, naming the field that differs."""
-        expected = self.llm
-        shared = set(llm) & set(expected) - {"name"}
-        for key in sorted(shared, key=lambda name: (name == "fingerprint", name)):  # sizes first, then weights
-            same = fingerprints_match(llm[key], expected[key]) if key == "fingerprint" else llm[key] == expected[key]
-            if not same:
-                shown = "values differ" if key == "fingerprint" else f"adapter: {expected[key]!r}, given: {llm[key]!r}"
-                raise IncompatibleHeadError(
-                    f"This latent adapter was trained on LLM {expected.get('name')!r} but got {llm.get('name')!r}: "
-                    f"LLM field {key!r} differs ({shown}). Load the adapter onto the LLM it was trained on, or "
-                    "train one for this LLM with `native-retriever train-latent`."
-                )
+        fix = "Load the adapter onto the LLM it was trained on, or train one with `native-retriever train-latent`."
+        check_identity("latent adapter", "LLM", llm, self.llm, fix)
 
 
 def check_k(k: int) -> int:

@@ -13,8 +13,6 @@ base weights.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..conversation import PromptFormat, encode_conversation, encode_document
 from ..errors import HeadFileError
+from ..files import atomic_folder
 from .config import LatentConfig, check_k
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -235,16 +234,6 @@ class LatentEncoder:
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write the peft adapter (safetensors) and latent_config.json atomically."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        try:
+        with atomic_folder(folder) as tmp:
             self.peft_model.save_pretrained(str(tmp), safe_serialization=True)
             self.config.save(tmp)
-            backup = folder.with_name(f".{folder.name}.old")
-            if folder.exists():
-                os.replace(folder, backup)
-            os.replace(tmp, folder)
-            shutil.rmtree(backup, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
