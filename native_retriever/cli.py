@@ -52,7 +52,7 @@ def demo_index(embedder):
 
 def cmd_demo(args) -> None:
     """Index the shipped demo corpus, then hold a scripted multi-turn conversation retrieving natively."""
-    from .agent import generate_answer
+    from .agent import native_turn
 
     started = time.perf_counter()
     embedder = _embedder(args)
@@ -64,21 +64,17 @@ def cmd_demo(args) -> None:
     messages: list[dict] = []
     for turn in script["turns"]:
         messages.append({"role": "user", "content": turn})
-        t0 = time.perf_counter()
-        vector = embedder.embed_conversation(messages)
-        t1 = time.perf_counter()
-        hits = index.search(vector, k=args.k)[0]
-        t2 = time.perf_counter()
-        answer = generate_answer(embedder.model, embedder.tokenizer, messages, hits[: args.k])
-        t3 = time.perf_counter()
+        result = native_turn(embedder, index, messages, k=args.k)
+        ms = result.timings
         print(f"User: {turn}")
         print(
-            f"  retrieved from the agent's own hidden states (prefill + head {1000 * (t1 - t0):.0f} ms, "
-            f"search {1000 * (t2 - t1):.1f} ms):"
+            f"  retrieved from the agent's own prefill of the conversation (prefill {ms['prefill']:.0f} ms, "
+            f"head {ms['head']:.1f} ms, search {ms['search']:.1f} ms):"
         )
-        _show_hits(hits)
-        print(f"Assistant: {answer}   (answer {1000 * (t3 - t2):.0f} ms)\n")
-        messages.append({"role": "assistant", "content": answer})
+        _show_hits(result.hits)
+        answer_ms = ms["passages_prefill"] + ms["answer"]
+        print(f"Assistant: {result.answer}   (answer on the same KV cache {answer_ms:.0f} ms)\n")
+        messages.append({"role": "assistant", "content": result.answer})
 
 
 def cmd_index(args) -> None:
@@ -104,8 +100,8 @@ def cmd_search(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    """Chat over an index: every turn retrieves from the conversation's hidden states, then answers."""
-    from .agent import generate_answer
+    """Chat over an index: each turn prefills the conversation once, retrieves from that prefill, then answers."""
+    from .agent import native_turn
 
     embedder = _embedder(args)
     index = _open_index(args.index, embedder)
@@ -115,11 +111,10 @@ def cmd_chat(args) -> None:
         if not line.strip():
             break
         messages.append({"role": "user", "content": line.strip()})
-        hits = index.search(embedder.embed_conversation(messages), k=args.k)[0]
-        _show_hits(hits)
-        answer = generate_answer(embedder.model, embedder.tokenizer, messages, hits)
-        print(f"Assistant: {answer}")
-        messages.append({"role": "assistant", "content": answer})
+        result = native_turn(embedder, index, messages, k=args.k)
+        _show_hits(result.hits)
+        print(f"Assistant: {result.answer}")
+        messages.append({"role": "assistant", "content": result.answer})
 
 
 def cmd_bench_latency(args) -> None:
