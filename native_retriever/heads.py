@@ -101,9 +101,16 @@ class AttentionPoolHead(nn.Module):
         self.proj = nn.Linear(config.num_heads * config.hidden_size, config.output_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if not self.training and not torch.is_grad_enabled():
-            return self._fast_forward(states, mask)
-        position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+        batch, length = mask.shape
+        if (
+            batch == 1
+            and not self.training
+            and not torch.is_grad_enabled()
+            and length <= self.recency.num_embeddings
+            and bool(mask.all())
+        ):
+            return self._single_row(states[0])
+        position = torch.arange(length, device=mask.device).unsqueeze(0)
         distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, self.recency.num_embeddings - 1)
         hidden = self.norm(states)
         logits = (self.score(hidden) + self.recency(distance)).masked_fill(~mask.unsqueeze(-1), float("-inf"))
@@ -111,33 +118,22 @@ class AttentionPoolHead(nn.Module):
         pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
         return self.proj(self.dropout(pooled))
 
-    def _fast_forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Inference path: the same function as ``forward`` without module calls, dropout or embedding lookups.
-
-        One unpadded row (the batch-1 query path) also skips masking and never materialises the normed states: the
-        layer norm's scale g and shift b are folded into the score and output maps (``_folded``). With centred
-        states c_t = x_t - mean(x_t) and r_t = 1/std(x_t), the normed state is g*c_t*r_t + b, so the scores are
-        (W_s*g) c_t * r_t + (W_s b + b_s), and since each head's weights a_t sum to 1 its pooled state is
-        g * sum_t (a_t r_t) c_t + b, mapped by (W_p*g) and W_p b + b_p: pool first, project after.
+    def _single_row(self, states: torch.Tensor) -> torch.Tensor:
+        """Inference on one unpadded row (the batch-1 query path): the same function as ``forward``, without module
+        calls, masking or materialising the normed states. The layer norm's scale g and shift b are folded into the
+        score and output maps (``_folded``). With centred states c_t = x_t - mean(x_t) and r_t = 1/std(x_t), the
+        normed state is g*c_t*r_t + b, so the scores are (W_s*g) c_t * r_t + (W_s b + b_s), and since each head's
+        weights a_t sum to 1 its pooled state is g * sum_t (a_t r_t) c_t + b, mapped by (W_p*g) and W_p b + b_p:
+        pool first, project after.
         """
-        batch, length = mask.shape
-        recency = self.recency.weight
-        limit = recency.shape[0]
-        if batch == 1 and length <= limit and bool(mask.all()):
-            score_w, score_b, proj_w, proj_b, recency_rev = self._folded()
-            centred = states[0] - states[0].mean(-1, keepdim=True)
-            scale = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + self.norm.eps)  # (T, 1)
-            logits = torch.addcmul(score_b + recency_rev[limit - length :], F.linear(centred, score_w), scale)
-            weights = torch.softmax(logits, dim=0).mul_(scale)  # (T, heads): a_t * r_t
-            pooled = (weights.t() @ centred).view(1, -1)
-            return F.linear(pooled, proj_w, proj_b)
-        hidden = F.layer_norm(states, states.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
-        position = torch.arange(length, device=mask.device).unsqueeze(0)
-        distance = (mask.sum(1, keepdim=True) - 1 - position).clamp(0, limit - 1)
-        logits = F.linear(hidden, self.score.weight, self.score.bias) + recency[distance]
-        weights = torch.softmax(logits.masked_fill(~mask.unsqueeze(-1), float("-inf")), dim=1)
-        pooled = torch.einsum("bth,btd->bhd", weights, hidden).flatten(1)
-        return F.linear(pooled, self.proj.weight, self.proj.bias)
+        length, limit = states.shape[0], self.recency.num_embeddings
+        score_w, score_b, proj_w, proj_b, recency_rev = self._folded()
+        centred = states - states.mean(-1, keepdim=True)
+        scale = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + self.norm.eps)  # (T, 1)
+        logits = torch.addcmul(score_b + recency_rev[limit - length :], F.linear(centred, score_w), scale)
+        weights = torch.softmax(logits, dim=0).mul_(scale)  # (T, heads): a_t * r_t
+        pooled = (weights.t() @ centred).view(1, -1)
+        return F.linear(pooled, proj_w, proj_b)
 
     def _folded(self) -> tuple[torch.Tensor, ...]:
         """Score and output weights with the layer norm's scale and shift folded in, and the recency table reversed
