@@ -15,3 +15,11 @@ def require(module: str, extra: str) -> ModuleType:
             f"This integration needs {module!r}, which is not installed. "
             f'Install it with: pip install "native-retriever[{extra}]"'
         ) from error
+
+
+def append_question(history: list[dict], question: str) -> list[dict]:
+    """The conversation to embed: ``history`` then ``question`` as the last user turn, unless it already is."""
+    last = history[-1] if history else None
+    if last is not None and last.get("role") == "user" and str(last.get("content", "")).strip() == question.strip():
+        return list(history)
+    return [*history, {"role": "user", "content": question}]

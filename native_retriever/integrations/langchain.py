@@ -16,7 +16,7 @@ Needs the ``langchain`` extra: ``pip install "native-retriever[langchain]"``.
 
 from __future__ import annotations
 
-from . import require
+from . import append_question, require
 
 require("langchain_core", "langchain")
 
@@ -133,10 +133,7 @@ def with_question(history: Sequence | None, question: str) -> list[dict]:
     if not question.strip():
         what = "and the chat history is empty" if not history else "(the chat history alone is not a question)"
         raise ConversationError(f"The question is empty {what}; pass the user's current question.")
-    messages = to_chat_messages(history)
-    if not (messages and messages[-1]["role"] == "user" and messages[-1]["content"].strip() == question.strip()):
-        messages.append({"role": "user", "content": question})
-    return messages
+    return append_question(to_chat_messages(history), question)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversationError, DimensionMismatchError
-from . import require
+from . import append_question, require
 
 require("llama_index.core", "llama-index")
 
@@ -110,10 +110,7 @@ def _with_question(history: Sequence[dict], query: str) -> list[dict]:
     """The history plus the query as the current question (unless the history already ends with it)."""
     if not isinstance(query, str) or not query.strip():
         raise ConversationError("The query is empty; pass the user's current question.")
-    last = history[-1] if history else None
-    if last is not None and last.get("role") == "user" and str(last.get("content", "")).strip() == query.strip():
-        return list(history)
-    return [*history, {"role": "user", "content": query}]
+    return append_question(list(history), query)
 
 
 @contextlib.contextmanager
