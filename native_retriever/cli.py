@@ -130,7 +130,7 @@ def cmd_bench_latency(args) -> None:
 def cmd_train_head(args) -> None:
     """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
     from .conversation import PromptFormat
-    from .data import load_data
+    from .data import RetrievalData, load_data, passage_queries
     from .embedder import llm_info
     from .models import cache_dir, load_llm
     from .teacher import Teacher
@@ -143,8 +143,7 @@ def cmd_train_head(args) -> None:
     fmt = PromptFormat(max_tokens=args.max_tokens)
     root = Path(args.cache or cache_dir() / "training")
 
-    def split(folder: str, limit: int | None) -> Split:
-        data = load_data(folder, max_queries=limit)
+    def split(data: RetrievalData) -> Split:
         states = cache_hidden_states(model, tokenizer, data, root / "states", layers=config.layers, prompt_format=fmt)
         corpus, targets = teacher_vectors(teacher, data, root, config.target)
         return Split(data, states, corpus, targets)
@@ -152,11 +151,21 @@ def cmd_train_head(args) -> None:
     limits = args.max_train_queries or [None]
     if len(limits) not in (1, len(args.train)):
         raise SystemExit("--max-train-queries takes one number, or one per --train folder.")
-    train = [split(folder, limits[min(i, len(limits) - 1)]) for i, folder in enumerate(args.train)]
+    train = [
+        split(load_data(folder, max_queries=limits[min(i, len(limits) - 1)])) for i, folder in enumerate(args.train)
+    ]
     if args.dev_holdout:
         train[0], dev = train[0].split_off(args.dev_holdout)
     else:
-        dev = split(args.dev, args.max_dev_queries)
+        dev = split(load_data(args.dev, max_queries=args.max_dev_queries))
+    if args.passage_queries:
+        if len(args.passage_queries) not in (1, len(args.train)):
+            raise SystemExit("--passage-queries takes one number, or one per --train folder.")
+        # The dev set's relevant passages never become training text, so model selection stays fair.
+        held = frozenset(doc for docs in dev.data.qrels.values() for doc in docs)
+        limits = args.passage_queries
+        sizes = [limits[min(i, len(limits) - 1)] for i in range(len(args.train))]
+        train += [split(passage_queries(s.data, n, exclude=held)) for s, n in zip(train[:], sizes) if n > 0]
     base = head_config(config, llm_info(model), teacher.info, fmt)
     output = Path(args.output)
     head = train_head(train, dev, config, base)
@@ -316,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         help="first N judged queries of each training folder (or one N each)",
+    )
+    train.add_argument(
+        "--passage-queries",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="also train on the first N passages of each training corpus as one-message conversations (0: none); "
+        "the dev set's relevant passages are left out",
     )
     train.add_argument("--max-dev-queries", type=int)
     train.add_argument("--max-tokens", type=int, default=512, help="conversation window in LLM tokens")

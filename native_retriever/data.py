@@ -95,3 +95,27 @@ def load_data(folder: str | os.PathLike, max_queries: int | None = None) -> Retr
             if max_queries is not None and len(queries) >= max_queries:
                 break
     return RetrievalData(folder.name, corpus, queries, {q["id"]: qrels[q["id"]] for q in queries})
+
+
+def passage_queries(
+    data: RetrievalData, limit: int | None = None, exclude: frozenset[str] = frozenset()
+) -> RetrievalData:
+    """The corpus as training conversations: each of the first ``limit`` passages (less ``exclude``) becomes a
+    one-message conversation whose relevant passage is itself.
+
+    Training on these teaches a head the teacher's space on the user's own texts, with or without judged
+    conversations (``train-head --passage-queries``). ``question`` (the stand-in search query a ``query`` head would
+    read) is the passage's first 32 words.
+    """
+    docs = [doc for doc in data.corpus[:limit] if doc["id"] not in exclude]
+    queries = [
+        {
+            "id": f"passage:{doc['id']}",
+            "messages": [{"role": "user", "content": doc["text"]}],
+            "question": " ".join(doc["text"].split()[:32]),
+            "story_id": f"passage:{doc['id']}",
+        }
+        for doc in docs
+    ]
+    qrels = {q["id"]: {doc["id"]: 1} for q, doc in zip(queries, docs)}
+    return RetrievalData(f"{data.name}-passages", data.corpus, queries, qrels)

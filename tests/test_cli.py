@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,19 @@ def test_missing_data_folder_fails_cleanly(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "data-format" in err
+
+
+def test_train_head_adds_passage_queries_except_the_dev_positives(tiny_data_folder, tiny_llm_folder, tmp_path):
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (dev / name).write_text((Path(tiny_data_folder) / name).read_text())
+    qrels = (Path(tiny_data_folder) / "qrels.tsv").read_text().splitlines(keepends=True)
+    (dev / "qrels.tsv").write_text("".join(line for line in qrels if line.split("\t")[2] == "d0"))
+    args = ["train-head", "--train", tiny_data_folder, "--dev", str(dev), "--output", str(tmp_path / "head")]
+    args += ["--llm", tiny_llm_folder, "--cache", str(tmp_path / "cache"), "--epochs", "1", "--architecture"]
+    args += ["linear", "--batch-size", "8", "--max-tokens", "256", "--rank-top-k", "8", "--passage-queries", "3"]
+    assert main(args) == 0
+    data = ProjectionHead.from_pretrained(tmp_path / "head").config.training["data"]
+    # d0 is relevant to a dev query, so only d1 and d2 of the first three passages become training conversations.
+    assert [(d["name"], d["queries"]) for d in data][1:] == [("tiny-passages", 2)]

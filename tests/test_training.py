@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import native_retriever.training.cache as cache_mod
 from native_retriever.conversation import PromptFormat, encode_conversation
-from native_retriever.data import load_data
+from native_retriever.data import load_data, passage_queries
 from native_retriever.embedder import llm_info, token_states
 from native_retriever.errors import NativeRetrieverError
 from native_retriever.heads import ProjectionHead
@@ -238,3 +238,15 @@ def test_split_off_holds_out_whole_conversations(split):
             assert torch.equal(part.states.example(row), split.states.example(i))
             assert part.states.encoded(row) == split.states.encoded(i)
             np.testing.assert_array_equal(part.targets[row], split.targets[i])
+
+
+def test_passage_queries_turn_each_passage_into_a_conversation_about_itself(data, teacher):
+    passages = passage_queries(data, limit=4, exclude=frozenset({data.corpus[1]["id"]}))
+    kept = [data.corpus[i] for i in (0, 2, 3)]
+    assert passages.name == f"{data.name}-passages" and passages.corpus is data.corpus
+    assert [q["messages"] for q in passages.queries] == [[{"role": "user", "content": d["text"]}] for d in kept]
+    assert passages.qrels == {q["id"]: {d["id"]: 1} for q, d in zip(passages.queries, kept)}
+    assert all(q["question"] == " ".join(d["text"].split()[:32]) for q, d in zip(passages.queries, kept))
+    # The alignment target of a passage conversation is the teacher's vector of the passage itself.
+    assert target_text(teacher, passages.queries[0], "history") == kept[0]["text"]
+    assert len(passage_queries(data).queries) == len(data.corpus)
