@@ -98,24 +98,27 @@ def load_data(folder: str | os.PathLike, max_queries: int | None = None) -> Retr
 
 
 def passage_queries(
-    data: RetrievalData, limit: int | None = None, exclude: frozenset[str] = frozenset()
+    data: RetrievalData, limit: int | None = None, exclude: frozenset[str] = frozenset(), max_words: int = 200
 ) -> RetrievalData:
     """The corpus as training conversations: each of the first ``limit`` passages (less ``exclude``) becomes a
-    one-message conversation whose relevant passage is itself.
+    one-message conversation, its first ``max_words`` words, whose relevant passage is itself.
 
     Training on these teaches a head the teacher's space on the user's own texts, with or without judged
-    conversations (``train-head --passage-queries``). ``question`` (the stand-in search query a ``query`` head would
-    read) is the passage's first 32 words.
+    conversations (``train-head --passage-queries``). The cut keeps a passage inside the LLM's window (about 1.3
+    tokens a word) and the teacher's (256 word pieces). ``question`` (the stand-in search query a ``query`` head
+    reads) is the first 32 words.
     """
     docs = [doc for doc in data.corpus[:limit] if doc["id"] not in exclude]
-    queries = [
-        {
-            "id": f"passage:{doc['id']}",
-            "messages": [{"role": "user", "content": doc["text"]}],
-            "question": " ".join(doc["text"].split()[:32]),
-            "story_id": f"passage:{doc['id']}",
-        }
-        for doc in docs
-    ]
+    queries = []
+    for doc in docs:
+        words = doc["text"].split()
+        queries.append(
+            {
+                "id": f"passage:{doc['id']}",
+                "messages": [{"role": "user", "content": " ".join(words[:max_words])}],
+                "question": " ".join(words[:32]),
+                "story_id": f"passage:{doc['id']}",
+            }
+        )
     qrels = {q["id"]: {doc["id"]: 1} for q, doc in zip(queries, docs)}
     return RetrievalData(f"{data.name}-passages", data.corpus, queries, qrels)

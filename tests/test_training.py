@@ -250,3 +250,5 @@ def test_passage_queries_turn_each_passage_into_a_conversation_about_itself(data
     # The alignment target of a passage conversation is the teacher's vector of the passage itself.
     assert target_text(teacher, passages.queries[0], "history") == kept[0]["text"]
     assert len(passage_queries(data).queries) == len(data.corpus)
+    cut = passage_queries(data, limit=1, max_words=5).queries[0]  # long passages are cut to fit the LLM window
+    assert cut["messages"][0]["content"] == " ".join(data.corpus[0]["text"].split()[:5])
