@@ -98,25 +98,31 @@ def load_data(folder: str | os.PathLike, max_queries: int | None = None) -> Retr
 
 
 def passage_queries(
-    data: RetrievalData, limit: int | None = None, exclude: frozenset[str] = frozenset(), max_words: int = 200
+    data: RetrievalData,
+    tokenizer,
+    limit: int | None = None,
+    exclude: frozenset[str] = frozenset(),
+    max_tokens: int = 256,
 ) -> RetrievalData:
     """The corpus as training conversations: each of the first ``limit`` passages (less ``exclude``) becomes a
-    one-message conversation, its first ``max_words`` words, whose relevant passage is itself.
+    one-message conversation whose relevant passage is itself.
 
     Training on these teaches a head the teacher's space on the user's own texts, with or without judged
-    conversations (``train-head --passage-queries``). The cut keeps a passage inside the LLM's window (about 1.3
-    tokens a word) and the teacher's (256 word pieces). ``question`` (the stand-in search query a ``query`` head
-    reads) is the first 32 words.
+    conversations (``train-head --passage-queries``). A passage longer than ``max_tokens`` of ``tokenizer`` (the
+    LLM's) is cut to them, so it fits the LLM's window and about the teacher's (256 word pieces). ``question`` (the
+    stand-in search query a ``query`` head reads) is the first 32 words.
     """
     docs = [doc for doc in data.corpus[:limit] if doc["id"] not in exclude]
     queries = []
     for doc in docs:
-        words = doc["text"].split()
+        text, ids = doc["text"], tokenizer(doc["text"], add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens:
+            text = tokenizer.decode(ids[:max_tokens]).strip()
         queries.append(
             {
                 "id": f"passage:{doc['id']}",
-                "messages": [{"role": "user", "content": " ".join(words[:max_words])}],
-                "question": " ".join(words[:32]),
+                "messages": [{"role": "user", "content": text}],
+                "question": " ".join(text.split()[:32]),
                 "story_id": f"passage:{doc['id']}",
             }
         )

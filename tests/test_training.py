@@ -240,8 +240,8 @@ def test_split_off_holds_out_whole_conversations(split):
             np.testing.assert_array_equal(part.targets[row], split.targets[i])
 
 
-def test_passage_queries_turn_each_passage_into_a_conversation_about_itself(data, teacher):
-    passages = passage_queries(data, limit=4, exclude=frozenset({data.corpus[1]["id"]}))
+def test_passage_queries_turn_each_passage_into_a_conversation_about_itself(data, teacher, tiny_tokenizer):
+    passages = passage_queries(data, tiny_tokenizer, limit=4, exclude=frozenset({data.corpus[1]["id"]}))
     kept = [data.corpus[i] for i in (0, 2, 3)]
     assert passages.name == f"{data.name}-passages" and passages.corpus is data.corpus
     assert [q["messages"] for q in passages.queries] == [[{"role": "user", "content": d["text"]}] for d in kept]
@@ -249,6 +249,7 @@ def test_passage_queries_turn_each_passage_into_a_conversation_about_itself(data
     assert all(q["question"] == " ".join(d["text"].split()[:32]) for q, d in zip(passages.queries, kept))
     # The alignment target of a passage conversation is the teacher's vector of the passage itself.
     assert target_text(teacher, passages.queries[0], "history") == kept[0]["text"]
-    assert len(passage_queries(data).queries) == len(data.corpus)
-    cut = passage_queries(data, limit=1, max_words=5).queries[0]  # long passages are cut to fit the LLM window
-    assert cut["messages"][0]["content"] == " ".join(data.corpus[0]["text"].split()[:5])
+    assert len(passage_queries(data, tiny_tokenizer).queries) == len(data.corpus)
+    cut = passage_queries(data, tiny_tokenizer, limit=1, max_tokens=5).queries[0]  # cut to fit the LLM window
+    ids = tiny_tokenizer(data.corpus[0]["text"], add_special_tokens=False)["input_ids"]
+    assert cut["messages"][0]["content"] == tiny_tokenizer.decode(ids[:5]).strip() != data.corpus[0]["text"]
