@@ -15,20 +15,30 @@ run() {  # name, extra arguments
   native-retriever train-head "${COMMON[@]}" --output "$RUNS/$name" "$@"
 }
 
+# The shipped context head: all coqa-train turns, 5,000 questions of each SQuADShifts set, and the passages of
+# coqa-train's own stories (its first 1,230 passages; the SQuAD v1.1 paragraphs after them are coqa-dev's
+# distractors too) and of squad-nyt as one-message conversations; the epoch is picked on the last 30 coqa-train
+# stories, so coqa-dev is never looked at.
+BIG=(--train "$DATA/coqa-train" "$DATA/squad-nyt" "$DATA/squad-newwiki" --max-train-queries 5043 5000 5000
+     --dev-holdout 30 --cache "$CACHE" "${CONTEXT[@]}" --contrastive-weight 0)
+
 case "${1:-all}" in
   shipped)
-    run no-contrastive "${CONTEXT[@]}" --contrastive-weight 0
+    native-retriever train-head "${BIG[@]}" --passage-queries 1230 2017 0 --output "$RUNS/passages"
     run query --input-mode query --tokens query --architecture linear --lr 3e-3 --epochs 30 --patience 6
-    cp "$RUNS"/no-contrastive/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm/
+    cp "$RUNS"/passages/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm/
     cp "$RUNS"/query/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm-query/ ;;
-  holdout)  # the shipped recipe, epoch picked on held-out coqa-train conversations instead of coqa-dev
+  more-queries)  # the shipped recipe without the passages: what the extra judged queries alone give
+    native-retriever train-head "${BIG[@]}" --output "$RUNS/more-queries" ;;
+  holdout)  # the first recipe with 4,096 coqa-train turns, epoch picked on held-out coqa-train conversations instead of coqa-dev
     native-retriever train-head --train "$DATA/coqa-train" "$DATA/squad-nyt" "$DATA/squad-newwiki" \
       --max-train-queries 4096 1500 1500 --dev-holdout 30 --cache "$CACHE" --output "$RUNS/holdout" \
       "${CONTEXT[@]}" --contrastive-weight 0 ;;
-  ablation)
+  ablation)  # the loss ablation, on the first recipe (3,000 / 1,500 / 1,500 queries, epoch picked on coqa-dev)
+    run no-contrastive "${CONTEXT[@]}" --contrastive-weight 0
     run context "${CONTEXT[@]}"
     run no-align "${CONTEXT[@]}" --align-weight 0
     run no-rank "${CONTEXT[@]}" --rank-weight 0
     run linear-last-user --architecture linear --tokens last_user --lr 3e-3 --epochs 30 --patience 6 ;;
-  *) "$0" shipped; "$0" ablation ;;
+  *) "$0" shipped; "$0" more-queries; "$0" ablation ;;
 esac
