@@ -20,7 +20,7 @@ run() {  # name, extra arguments
 # distractors too) and of squad-nyt as one-message conversations; the epoch is picked on the last 30 coqa-train
 # stories, so coqa-dev is never looked at.
 BIG=(--train "$DATA/coqa-train" "$DATA/squad-nyt" "$DATA/squad-newwiki" --max-train-queries 5043 5000 5000
-     --dev-holdout 30 --cache "$CACHE" "${CONTEXT[@]}" --contrastive-weight 0)
+     --dev-holdout 30 --cache "$CACHE" "${CONTEXT[@]}")
 
 case "${1:-all}" in
   shipped)
@@ -28,8 +28,14 @@ case "${1:-all}" in
     run query --input-mode query --tokens query --architecture linear --lr 3e-3 --epochs 30 --patience 6
     cp "$RUNS"/passages/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm/
     cp "$RUNS"/query/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm-query/ ;;
-  more-queries)  # the shipped recipe without the passages: what the extra judged queries alone give
-    native-retriever train-head "${BIG[@]}" --output "$RUNS/more-queries" ;;
+  more-queries)  # without the passages, and without InfoNCE (as the first recipe): what the extra queries alone give
+    native-retriever train-head "${BIG[@]}" --contrastive-weight 0 --output "$RUNS/more-queries" ;;
+  ablation-shipped)  # losses removed from the shipped recipe (docs/heads.md)
+    for weights in "contrastive" "align" "rank" "contrastive align" "contrastive rank"; do
+      zero=(); for w in $weights; do zero+=(--"$w"-weight 0); done
+      native-retriever train-head "${BIG[@]}" --passage-queries 1230 2017 0 "${zero[@]}" \
+        --output "$RUNS/big-no-${weights// /-}"
+    done ;;
   holdout)  # the first recipe with 4,096 coqa-train turns, epoch picked on held-out coqa-train conversations instead of coqa-dev
     native-retriever train-head --train "$DATA/coqa-train" "$DATA/squad-nyt" "$DATA/squad-newwiki" \
       --max-train-queries 4096 1500 1500 --dev-holdout 30 --cache "$CACHE" --output "$RUNS/holdout" \
@@ -40,5 +46,5 @@ case "${1:-all}" in
     run no-align "${CONTEXT[@]}" --align-weight 0
     run no-rank "${CONTEXT[@]}" --rank-weight 0
     run linear-last-user --architecture linear --tokens last_user --lr 3e-3 --epochs 30 --patience 6 ;;
-  *) "$0" shipped; "$0" more-queries; "$0" ablation ;;
+  *) "$0" shipped; "$0" ablation-shipped; "$0" more-queries; "$0" ablation ;;
 esac
