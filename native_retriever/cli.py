@@ -165,7 +165,10 @@ def cmd_train_head(args) -> None:
         held = frozenset(doc for docs in dev.data.qrels.values() for doc in docs)
         limits = args.passage_queries
         sizes = [limits[min(i, len(limits) - 1)] for i in range(len(args.train))]
-        train += [split(passage_queries(s.data, tokenizer, n, exclude=held)) for s, n in zip(train[:], sizes) if n > 0]
+        passages = [passage_queries(s.data, tokenizer, n, exclude=held) for s, n in zip(train, sizes) if n > 0]
+        train += [
+            split(p) for p in passages if p.queries
+        ]  # a corpus whose first N passages are all dev positives adds none
     base = head_config(config, llm_info(model), teacher.info, fmt)
     output = Path(args.output)
     head = train_head(train, dev, config, base)

@@ -138,3 +138,10 @@ def test_train_head_adds_passage_queries_except_the_dev_positives(tiny_data_fold
     data = ProjectionHead.from_pretrained(tmp_path / "head").config.training["data"]
     # d0 is relevant to a dev query, so only d1 and d2 of the first three passages become training conversations.
     assert [(d["name"], d["queries"]) for d in data][1:] == [("tiny-passages", 2)]
+    # When every one of the first N passages is relevant to the dev set, none is added and training still runs.
+    args[args.index(str(dev))] = tiny_data_folder
+    args[args.index(str(tmp_path / "head"))] = str(tmp_path / "head2")
+    args[-1] = "1"
+    assert main(args) == 0
+    data = ProjectionHead.from_pretrained(tmp_path / "head2").config.training["data"]
+    assert [d["name"] for d in data] == ["tiny"]
