@@ -127,6 +127,13 @@ def cmd_bench_latency(args) -> None:
     module.main(argv + (["--no-memory"] if args.no_memory else []))
 
 
+def _per_folder(values: list, folders: list[str], flag: str) -> list:
+    """``values`` given once for all ``folders`` or once per folder, as one value per folder."""
+    if len(values) not in (1, len(folders)):
+        raise SystemExit(f"{flag} takes one number, or one per --train folder.")
+    return values * len(folders) if len(values) == 1 else list(values)
+
+
 def cmd_train_head(args) -> None:
     """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
     from .conversation import PromptFormat
@@ -148,27 +155,19 @@ def cmd_train_head(args) -> None:
         corpus, targets = teacher_vectors(teacher, data, root, config.target)
         return Split(data, states, corpus, targets)
 
-    limits = args.max_train_queries or [None]
-    if len(limits) not in (1, len(args.train)):
-        raise SystemExit("--max-train-queries takes one number, or one per --train folder.")
-    train = [
-        split(load_data(folder, max_queries=limits[min(i, len(limits) - 1)])) for i, folder in enumerate(args.train)
-    ]
+    limits = _per_folder(args.max_train_queries or [None], args.train, "--max-train-queries")
+    train = [split(load_data(folder, max_queries=n)) for folder, n in zip(args.train, limits)]
     if args.dev_holdout:
         train[0], dev = train[0].split_off(args.dev_holdout)
     else:
         dev = split(load_data(args.dev, max_queries=args.max_dev_queries))
     if args.passage_queries:
-        if len(args.passage_queries) not in (1, len(args.train)):
-            raise SystemExit("--passage-queries takes one number, or one per --train folder.")
+        sizes = _per_folder(args.passage_queries, args.train, "--passage-queries")
         # The dev set's relevant passages never become training text, so model selection stays fair.
         held = frozenset(doc for docs in dev.data.qrels.values() for doc in docs)
-        limits = args.passage_queries
-        sizes = [limits[min(i, len(limits) - 1)] for i in range(len(args.train))]
         passages = [passage_queries(s.data, tokenizer, n, exclude=held) for s, n in zip(train, sizes) if n > 0]
-        train += [
-            split(p) for p in passages if p.queries
-        ]  # a corpus whose first N passages are all dev positives adds none
+        # A corpus whose first N passages are all dev positives adds none.
+        train += [split(p) for p in passages if p.queries]
     base = head_config(config, llm_info(model), teacher.info, fmt)
     output = Path(args.output)
     head = train_head(train, dev, config, base)

@@ -145,3 +145,14 @@ def test_train_head_adds_passage_queries_except_the_dev_positives(tiny_data_fold
     assert main(args) == 0
     data = ProjectionHead.from_pretrained(tmp_path / "head2").config.training["data"]
     assert [d["name"] for d in data] == ["tiny"]
+
+
+@pytest.mark.parametrize("flag", ["--max-train-queries", "--passage-queries"])
+def test_train_head_refuses_a_count_list_that_does_not_match_the_folders(
+    flag, tiny_data_folder, tiny_llm_folder, tmp_path
+):
+    args = ["train-head", "--train", tiny_data_folder, "--dev", tiny_data_folder, "--output", str(tmp_path / "head")]
+    args += ["--llm", tiny_llm_folder, "--cache", str(tmp_path / "cache"), "--max-tokens", "256", flag, "3", "4"]
+    with pytest.raises(SystemExit, match=f"{flag} takes one number, or one per --train folder"):
+        main(args)
+    assert not (tmp_path / "head").exists()
