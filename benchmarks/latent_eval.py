@@ -1,7 +1,7 @@
 """Evaluate latent-view adapters (ablation, K sweep, batch-1 latency) on a coqa-dev subset, beside the baselines.
 
     OMP_NUM_THREADS=1 python benchmarks/latent_eval.py --runs runs/latent --data ../shared/data/coqa-dev \
-        --output docs/latent-results.json [--gte]
+        --output docs/latent-results.json [--only STAGE...] [--baselines SYSTEM...]
 
 The subset (a CPU budget): the passages of the first ``--corpus-stories`` CoQA stories of coqa-dev (in the
 queries file's order; no SQuAD distractors) and every judged turn of the first ``--query-stories`` of them.
@@ -24,7 +24,16 @@ from native_retriever.latent.encoder import pool
 from native_retriever.latent.training import LOSSES
 from native_retriever.models import load_llm
 
-ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh)
+ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh): LoRA on all layers, 160 queries
+    "full": "full method (K=3; output KL and trajectory alignment at weight 1)",
+    "full-design": "full method with DESIGN's weights (output KL 10, trajectory 0.1)",
+    "no-explicit": "without the explicit view (latent InfoNCE only, K=3)",
+    "no-trajectory": "without trajectory alignment",
+    "no-distill": "without output distillation",
+    "k1": "K=1 (no latent tokens), all losses",
+    "contrastive": "contrastive only (K=1, latent InfoNCE: the paper's fair baseline)",
+}
+TOP8 = {  # the earlier runs in RUNS/top8: LoRA on the top 8 of 30 layers, DESIGN's weights, 40 queries unless named
     "full": "full method (K=3)",
     "no-explicit": "without the explicit view (latent InfoNCE only, K=3)",
     "no-trajectory": "without trajectory alignment",
@@ -35,6 +44,7 @@ ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh)
     "full-n80": "full method, 80 training queries",
     "full-distill1": "full method, output KL weight 1 instead of 10",
     "full-n160": "full method, 160 training queries",
+    "full-d1t1-n160": "full method, 160 training queries, output KL and trajectory alignment at weight 1",
     "contrastive-n160": "contrastive only (K=1), 160 training queries",
 }
 
@@ -171,14 +181,12 @@ def latency(folder: Path, data: RetrievalData, n: int = 20) -> dict:
     return {"queries": n, **queries, **documents, "lora_parameters": lora}
 
 
-def baselines(data: RetrievalData, gte: bool) -> dict:
+def baselines(data: RetrievalData, systems: list[str]) -> dict:
     from native_retriever.embedder import NativeEmbedder
     from native_retriever.teacher import Teacher
 
     teacher = Teacher.from_pretrained()
     llm = load_llm()
-    systems = ["bm25-question", "teacher-question", "teacher-history", "native-context"]
-    systems += ["generate-then-encode"] if gte else []
     report = evaluate_systems(
         data, systems, llm=llm, context_embedder=NativeEmbedder(*llm, teacher=teacher), teacher=teacher
     )
@@ -192,9 +200,14 @@ def main() -> None:
     parser.add_argument("--output", default="docs/latent-results.json")
     parser.add_argument("--corpus-stories", type=int, default=16)
     parser.add_argument("--query-stories", type=int, default=4)
-    parser.add_argument("--gte", action="store_true", help="also generate-then-encode on the subset (slow)")
-    parser.add_argument("--k-sweep-runs", nargs="+", default=["full", "untrained"])
-    parser.add_argument("--only", nargs="*", help="stages: ablation ksweep latency baselines")
+    parser.add_argument(
+        "--baselines",
+        nargs="+",
+        default=["bm25-question", "teacher-question", "teacher-history", "native-context", "generate-then-encode"],
+        help="eval systems to (re)run on the subset (generate-then-encode is slow)",
+    )
+    parser.add_argument("--k-sweep-runs", nargs="+", default=["full", "contrastive", "untrained"])
+    parser.add_argument("--only", nargs="*", help="stages: ablation top8 ksweep latency baselines")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = coqa_subset(args.data, args.corpus_stories, args.query_stories)
@@ -208,18 +221,20 @@ def main() -> None:
         "judged_queries": len(data.queries),
     }
     print(json.dumps(results["subset"]))
-    stages = args.only or ["ablation", "ksweep", "latency", "baselines"]
+    stages = args.only or ["ablation", "top8", "ksweep", "latency", "baselines"]
     runs = Path(args.runs)
 
     def save() -> None:
         output.write_text(json.dumps(results, indent=2) + "\n")
 
-    if "ablation" in stages:
-        results.setdefault("ablation", {})
-        for name, label in ABLATION.items():
-            if (runs / name / "latent_config.json").is_file() and name not in results["ablation"]:
-                results["ablation"][name] = {"label": label, **adapter_row(runs / name, data)}
-                print(name, json.dumps(results["ablation"][name]), flush=True)
+    for stage, folder, labels in (("ablation", runs, ABLATION), ("top8", runs / "top8", TOP8)):
+        if stage not in stages:
+            continue
+        rows = results.setdefault(stage, {})
+        for name, label in labels.items():
+            if (folder / name / "latent_config.json").is_file() and name not in rows:
+                rows[name] = {"label": label, **adapter_row(folder / name, data)}
+                print(stage, name, json.dumps(rows[name]), flush=True)
                 save()
     if "ksweep" in stages and (runs / "full" / "latent_config.json").is_file():
         if not (runs / "untrained" / "latent_config.json").is_file():
@@ -232,7 +247,7 @@ def main() -> None:
         print(json.dumps(results["latency_p50_ms_batch1"]))
         save()
     if "baselines" in stages:
-        results["baselines"] = baselines(data, args.gte)
+        results["baselines"] = results.get("baselines", {}) | baselines(data, args.baselines)
         print(json.dumps(results["baselines"]))
         save()
 
