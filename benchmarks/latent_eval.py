@@ -32,6 +32,10 @@ ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh): Lo
     "no-distill": "without output distillation",
     "k1": "K=1 (no latent tokens), all losses",
     "contrastive": "contrastive only (K=1, latent InfoNCE: the paper's fair baseline)",
+    "full-n80": "full method, 80 training queries (20 steps)",
+    "contrastive-n80": "contrastive only, 80 training queries (20 steps)",
+    "full-n320": "full method, 320 training queries (80 steps)",
+    "contrastive-n320": "contrastive only, 320 training queries (80 steps)",
 }
 TOP8 = {  # the earlier runs in RUNS/top8: LoRA on the top 8 of 30 layers, DESIGN's weights, 40 queries unless named
     "full": "full method (K=3)",
@@ -121,6 +125,35 @@ def k_sweep(folder: Path, data: RetrievalData, k_max: int = 6, latency_queries: 
     return rows
 
 
+@torch.inference_mode()
+def explicit_row(folder: Path, data: RetrievalData) -> dict:
+    """Retrieval quality of an adapter's explicit view against its latent documents: how good the teacher of the
+    output KL is. ``training``: exactly as training builds it (conversation, then the data's rationale as the start
+    of the reply, final token); ``closed``: the same reply closed and followed by a new generation prompt."""
+    from native_retriever.latent.training import Example, ExplicitInputs, explicit_view, rationale_text
+
+    config = json.loads((folder / "latent_config.json").read_text())
+    model, tokenizer = load_llm()
+    embedder = LatentEmbedder(model, tokenizer, folder)
+    encoder = embedder.encoder
+    window = config["training"].get("config", {}).get("max_rationale_tokens", 256)
+    inputs = ExplicitInputs(tokenizer, encoder.prompt_format, window)
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\x00"}]
+    closing = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True).split("\x00")[-1]
+    suffixes = {"training": [], "closed": tokenizer(closing, add_special_tokens=False).input_ids}
+    docs = embedder.embed_documents([d["text"] for d in data.corpus])
+    row: dict = {"adapter": folder.name}
+    with encoder.adapter_active():
+        for layout, suffix in suffixes.items():
+            queries = []
+            for q in data.queries:
+                ids, bounds = inputs(Example(q["id"], q["messages"], rationale_text(q), []))
+                queries.append(explicit_view(encoder, [(ids + suffix, bounds)], 1)[0][0])
+            run = top_k_run([q["id"] for q in data.queries], data.doc_ids, torch.stack(queries).numpy(), docs)
+            row[layout] = retrieval_metrics(data.qrels, run)
+    return row
+
+
 def untrained_adapter(like: Path, folder: Path) -> None:
     """An identity adapter (LoRA B = 0) with the same settings as ``like``: the base LLM in the latent view."""
     from native_retriever.latent import LatentConfig, LatentEncoder
@@ -207,7 +240,8 @@ def main() -> None:
         help="eval systems to (re)run on the subset (generate-then-encode is slow)",
     )
     parser.add_argument("--k-sweep-runs", nargs="+", default=["full", "contrastive", "untrained"])
-    parser.add_argument("--only", nargs="*", help="stages: ablation top8 ksweep latency baselines")
+    parser.add_argument("--explicit-runs", nargs="+", default=["full", "full-design", "contrastive", "untrained"])
+    parser.add_argument("--only", nargs="*", help="stages: ablation top8 ksweep explicit latency baselines")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = coqa_subset(args.data, args.corpus_stories, args.query_stories)
@@ -221,7 +255,7 @@ def main() -> None:
         "judged_queries": len(data.queries),
     }
     print(json.dumps(results["subset"]))
-    stages = args.only or ["ablation", "top8", "ksweep", "latency", "baselines"]
+    stages = args.only or ["ablation", "top8", "ksweep", "explicit", "latency", "baselines"]
     runs = Path(args.runs)
 
     def save() -> None:
@@ -241,6 +275,10 @@ def main() -> None:
             untrained_adapter(runs / "full", runs / "untrained")
         results["k_sweep"] = {name: k_sweep(runs / name, data) for name in args.k_sweep_runs}
         plot_k_sweep(results["k_sweep"], output.with_name("latent-k-sweep.png"))
+        save()
+    if "explicit" in stages:
+        results["explicit_view"] = [explicit_row(runs / name, data) for name in args.explicit_runs]
+        print(json.dumps(results["explicit_view"]))
         save()
     if "latency" in stages and (runs / "full" / "latent_config.json").is_file():
         results["latency_p50_ms_batch1"] = latency(runs / "full", data)
