@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Latent-view (LaSER) ablation on CoQA, sized for a shared 2-core CPU (one core per run: OMP_NUM_THREADS=1).
 #   bash benchmarks/latent_ablation.sh train   # the ablation: seven adapters on the same coqa-train sample
+#   bash benchmarks/latent_ablation.sh closed  # the full method with the explicit view in the closed layout
 #   bash benchmarks/latent_ablation.sh trend   # full and contrastive only on 80 and 320 queries (20 and 80 steps)
 #   bash benchmarks/latent_ablation.sh eval    # ablation table, K sweep and latency on the coqa-dev subset
 #   bash benchmarks/latent_ablation.sh top8    # the earlier runs with LoRA on the top 8 layers only (docs/latent.md)
@@ -34,6 +35,9 @@ case "${1:-train}" in
     train no-explicit --explicit-weight 0 --distill-weight 0 --trajectory-weight 0 & train k1 "${FULL[@]}" --k 1 & wait
     train no-trajectory "${FULL[@]}" --trajectory-weight 0 & train no-distill "${FULL[@]}" --distill-weight 0 & wait
     train full "${FULL[@]}"
+    ;;
+  closed)  # explicit input = conversation + rationale + the next generation prompt (--explicit-layout closed)
+    train full-closed "${FULL[@]}" --explicit-layout closed & train full-closed-design --explicit-layout closed & wait
     ;;
   trend)  # one core: full on 320 queries; the other: contrastive on 320, then both on 80
     (COMMON[3]=320; train full-n320 "${FULL[@]}") &

@@ -32,6 +32,8 @@ ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh): Lo
     "no-distill": "without output distillation",
     "k1": "K=1 (no latent tokens), all losses",
     "contrastive": "contrastive only (K=1, latent InfoNCE: the paper's fair baseline)",
+    "full-closed": "full method, explicit view in the closed layout",
+    "full-closed-design": "full method, closed layout, DESIGN's weights (output KL 10, trajectory 0.1)",
     "full-n80": "full method, 80 training queries (20 steps)",
     "contrastive-n80": "contrastive only, 80 training queries (20 steps)",
     "full-n320": "full method, 320 training queries (80 steps)",
@@ -128,27 +130,34 @@ def k_sweep(folder: Path, data: RetrievalData, k_max: int = 6, latency_queries: 
 @torch.inference_mode()
 def explicit_row(folder: Path, data: RetrievalData) -> dict:
     """Retrieval quality of an adapter's explicit view against its latent documents: how good the teacher of the
-    output KL is. ``training``: exactly as training builds it (conversation, then the data's rationale as the start
-    of the reply, final token); ``closed``: the same reply closed and followed by a new generation prompt."""
-    from native_retriever.latent.training import Example, ExplicitInputs, explicit_view, rationale_text
+    output KL is, in both layouts of ``train-latent --explicit-layout`` (``reply``: the conversation, then the
+    data's rationale as the start of the reply, embedding at its last token; ``closed``: that reply closed and
+    followed by a new generation prompt, embedding at its last token)."""
+    from native_retriever.latent.training import (
+        EXPLICIT_LAYOUTS,
+        Example,
+        ExplicitInputs,
+        explicit_view,
+        rationale_text,
+    )
 
     config = json.loads((folder / "latent_config.json").read_text())
     model, tokenizer = load_llm()
     embedder = LatentEmbedder(model, tokenizer, folder)
     encoder = embedder.encoder
     window = config["training"].get("config", {}).get("max_rationale_tokens", 256)
-    inputs = ExplicitInputs(tokenizer, encoder.prompt_format, window)
-    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\x00"}]
-    closing = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True).split("\x00")[-1]
-    suffixes = {"training": [], "closed": tokenizer(closing, add_special_tokens=False).input_ids}
+    layouts = {
+        name: ExplicitInputs(tokenizer, encoder.prompt_format, window, closed=name == "closed")
+        for name in EXPLICIT_LAYOUTS
+    }
     docs = embedder.embed_documents([d["text"] for d in data.corpus])
     row: dict = {"adapter": folder.name}
     with encoder.adapter_active():
-        for layout, suffix in suffixes.items():
-            queries = []
-            for q in data.queries:
-                ids, bounds = inputs(Example(q["id"], q["messages"], rationale_text(q), []))
-                queries.append(explicit_view(encoder, [(ids + suffix, bounds)], 1)[0][0])
+        for layout, inputs in layouts.items():
+            queries = [
+                explicit_view(encoder, [inputs(Example(q["id"], q["messages"], rationale_text(q), []))], 1)[0][0]
+                for q in data.queries
+            ]
             run = top_k_run([q["id"] for q in data.queries], data.doc_ids, torch.stack(queries).numpy(), docs)
             row[layout] = retrieval_metrics(data.qrels, run)
     return row
@@ -240,7 +249,7 @@ def main() -> None:
         help="eval systems to (re)run on the subset (generate-then-encode is slow)",
     )
     parser.add_argument("--k-sweep-runs", nargs="+", default=["full", "contrastive", "untrained"])
-    parser.add_argument("--explicit-runs", nargs="+", default=["full", "full-design", "contrastive", "untrained"])
+    parser.add_argument("--explicit-runs", nargs="+", default=["full", "full-design", "full-closed", "full-closed-design", "contrastive", "untrained"])
     parser.add_argument("--only", nargs="*", help="stages: ablation top8 ksweep explicit latency baselines")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -164,6 +164,18 @@ def clean_query(text: str) -> str:
     return text.strip()
 
 
+def reply_closing_ids(tokenizer) -> list[int]:
+    """Token ids the chat template puts after an assistant reply up to the next generation prompt.
+
+    For ChatML (SmolLM2, Qwen2) that is ``<|im_end|>\n<|im_start|>assistant\n``: the latent view's explicit
+    input in the ``closed`` layout ends on it, so its final token is a generation prompt like the latent view's.
+    """
+    marker = "\x00"
+    chat = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text.split(marker)[-1], add_special_tokens=False)["input_ids"])
+
+
 # Latent view: documents go through the same LLM encoder as conversations, as one user message in this format.
 DOCUMENT_INSTRUCTION = "Represent this passage for retrieval:"
 

@@ -274,6 +274,25 @@ def test_explicit_view_boundaries_and_cut_rationale(tiny_tokenizer):
     assert empty_bounds == [len(empty_ids) - 1]
 
 
+def test_closed_explicit_layout_ends_on_the_next_generation_prompt(tiny_tokenizer):
+    from native_retriever.conversation import PromptFormat
+    from native_retriever.latent.training import LatentTrainConfig
+
+    query = example("q", [0])
+    reply_ids, reply_bounds = ExplicitInputs(tiny_tokenizer, PromptFormat(), 1000)(query)
+    closed_ids, closed_bounds = ExplicitInputs(tiny_tokenizer, PromptFormat(), 1000, closed=True)(query)
+    tail = closed_ids[len(reply_ids) :]
+    assert closed_ids[: len(reply_ids)] == reply_ids and closed_bounds == reply_bounds and tail
+    # the tail is exactly what the chat template writes after the reply, up to and including the generation prompt
+    chat = tiny_tokenizer.apply_chat_template(
+        [*CONVERSATION, {"role": "assistant", "content": query.rationale}], tokenize=False, add_generation_prompt=True
+    )
+    prompt_only = tiny_tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    assert chat.endswith(tiny_tokenizer.decode(tail)) and prompt_only.endswith(tiny_tokenizer.decode(tail[-2:]))
+    with pytest.raises(LatentConfigError, match="explicit_layout"):
+        LatentTrainConfig(explicit_layout="after")
+
+
 def test_build_examples_skips_queries_without_passages(tiny_data_folder):
     from native_retriever.data import load_data
 

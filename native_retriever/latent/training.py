@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..conversation import PromptFormat, encode_conversation, history_text
+from ..conversation import PromptFormat, encode_conversation, history_text, reply_closing_ids
 from ..data import RetrievalData
 from ..errors import DataFormatError
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
@@ -32,6 +32,9 @@ from .losses import InfoNCE, ScoreDistillation, TrajectoryAlignment, boundary_st
 
 SEGMENT_END = re.compile(r"\n\s*\n|(?<=[.!?])\s+")
 LOSSES = ("latent", "explicit", "distill", "trajectory")
+
+
+EXPLICIT_LAYOUTS = ("reply", "closed")
 
 
 @dataclass
@@ -44,10 +47,11 @@ class LatentTrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: str = ",".join(DEFAULT_TARGETS)
-    lora_layers: int = 0  # adapt only the top N decoder layers; 0: all
+    lora_layers: int = 0  # adapt only the top N decoder layers; 0: all (top 8 kept latent tokens from learning)
     max_tokens: int = 512  # conversation window (latent and explicit view)
     document_max_tokens: int = 256
     max_rationale_tokens: int = 256  # the explicit view's rationale window; longer rationales are cut
+    explicit_layout: str = "reply"  # "reply": embed at the rationale's last token; "closed": after the closed reply
     latent_weight: float = 1.0  # InfoNCE of the latent view
     explicit_weight: float = 1.0  # InfoNCE of the explicit view
     distill_weight: float = 10.0  # output-level KL(explicit || latent)
@@ -70,6 +74,10 @@ class LatentTrainConfig:
         check_k(self.k)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise LatentConfigError("batch_size and grad_accum must be at least 1.")
+        if self.explicit_layout not in EXPLICIT_LAYOUTS:
+            raise LatentConfigError(
+                f"explicit_layout={self.explicit_layout!r}; use one of {', '.join(EXPLICIT_LAYOUTS)}."
+            )
 
     @property
     def explicit_view(self) -> bool:
@@ -182,10 +190,13 @@ def make_batch(examples: list[Example], rng: random.Random) -> tuple[list[int], 
 
 
 class ExplicitInputs:
-    """Token ids of the explicit view (conversation, then the rationale) and its segment-boundary positions."""
+    """Token ids of the explicit view (conversation, then the rationale as the start of the reply) and its
+    segment-boundary positions. ``closed``: the reply is closed and a new generation prompt follows, so the final
+    token (the embedding) is the same kind of state as the latent view's first step."""
 
-    def __init__(self, tokenizer, prompt_format: PromptFormat, max_rationale_tokens: int) -> None:
+    def __init__(self, tokenizer, prompt_format: PromptFormat, max_rationale_tokens: int, closed: bool = False):
         self.tokenizer, self.prompt_format, self.limit = tokenizer, prompt_format, max_rationale_tokens
+        self.closing = reply_closing_ids(tokenizer) if closed else []
         self.cut = 0  # rationales cut to fit the window so far
 
     def __call__(self, example: Example) -> tuple[list[int], list[int]]:
@@ -213,7 +224,7 @@ class ExplicitInputs:
                 boundaries.append(inside[-1])
         if not boundaries or boundaries[-1] != len(ids) - 1:
             boundaries.append(len(ids) - 1)
-        return prompt + ids, [len(prompt) + b for b in boundaries if b < len(ids)]
+        return prompt + ids + self.closing, [len(prompt) + b for b in boundaries if b < len(ids)]
 
 
 def explicit_view(encoder: LatentEncoder, inputs: list[tuple[list[int], list[int]]], k: int):
@@ -359,7 +370,9 @@ def train_latent(
     output = Path(output)
     prompt_format = PromptFormat(max_tokens=config.max_tokens)
     encoder = LatentEncoder.create(model, tokenizer, config.latent_config(prompt_format), seed=config.seed)
-    explicit = ExplicitInputs(tokenizer, prompt_format, config.max_rationale_tokens)
+    explicit = ExplicitInputs(
+        tokenizer, prompt_format, config.max_rationale_tokens, closed=config.explicit_layout == "closed"
+    )
     doc_ids: dict[int, list[int]] = {}
     micro_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_micro = config.epochs * micro_per_epoch
