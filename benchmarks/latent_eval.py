@@ -249,7 +249,8 @@ def main() -> None:
         help="eval systems to (re)run on the subset (generate-then-encode is slow)",
     )
     parser.add_argument("--k-sweep-runs", nargs="+", default=["full", "contrastive", "untrained"])
-    parser.add_argument("--explicit-runs", nargs="+", default=["full", "full-design", "full-closed", "full-closed-design", "contrastive", "untrained"])
+    explicit_runs = ["full", "full-design", "full-closed", "full-closed-design", "contrastive", "untrained"]
+    parser.add_argument("--explicit-runs", nargs="+", default=explicit_runs)
     parser.add_argument("--only", nargs="*", help="stages: ablation top8 ksweep explicit latency baselines")
     args = parser.parse_args()
     torch.set_num_threads(1)
