@@ -51,7 +51,7 @@ class LatentTrainConfig:
     max_tokens: int = 512  # conversation window (latent and explicit view)
     document_max_tokens: int = 256
     max_rationale_tokens: int = 256  # the explicit view's rationale window; longer rationales are cut
-    explicit_layout: str = "reply"  # "reply": embed at the rationale's last token; "closed": after the closed reply
+    explicit_layout: str = "closed"  # "closed": embed at the next generation prompt; "reply": at the rationale
     latent_weight: float = 1.0  # InfoNCE of the latent view
     explicit_weight: float = 1.0  # InfoNCE of the explicit view
     distill_weight: float = 10.0  # output-level KL(explicit || latent)
