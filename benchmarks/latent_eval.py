@@ -248,7 +248,7 @@ def main() -> None:
         default=["bm25-question", "teacher-question", "teacher-history", "native-context", "generate-then-encode"],
         help="eval systems to (re)run on the subset (generate-then-encode is slow)",
     )
-    parser.add_argument("--k-sweep-runs", nargs="+", default=["full", "contrastive", "untrained"])
+    parser.add_argument("--k-sweep-runs", nargs="+", default=["full-closed", "full", "contrastive", "untrained"])
     explicit_runs = ["full", "full-design", "full-closed", "full-closed-design", "contrastive", "untrained"]
     parser.add_argument("--explicit-runs", nargs="+", default=explicit_runs)
     parser.add_argument("--only", nargs="*", help="stages: ablation top8 ksweep explicit latency baselines")
@@ -283,7 +283,9 @@ def main() -> None:
     if "ksweep" in stages and (runs / "full" / "latent_config.json").is_file():
         if not (runs / "untrained" / "latent_config.json").is_file():
             untrained_adapter(runs / "full", runs / "untrained")
-        results["k_sweep"] = {name: k_sweep(runs / name, data) for name in args.k_sweep_runs}
+        results["k_sweep"] = results.get("k_sweep", {}) | {
+            name: k_sweep(runs / name, data) for name in args.k_sweep_runs
+        }
         plot_k_sweep(results["k_sweep"], output.with_name("latent-k-sweep.png"))
         save()
     if "explicit" in stages:
