@@ -146,10 +146,7 @@ def explicit_row(folder: Path, data: RetrievalData) -> dict:
     embedder = LatentEmbedder(model, tokenizer, folder)
     encoder = embedder.encoder
     window = config["training"].get("config", {}).get("max_rationale_tokens", 256)
-    layouts = {
-        name: ExplicitInputs(tokenizer, encoder.prompt_format, window, closed=name == "closed")
-        for name in EXPLICIT_LAYOUTS
-    }
+    layouts = {name: ExplicitInputs(tokenizer, encoder.prompt_format, window, name) for name in EXPLICIT_LAYOUTS}
     docs = embedder.embed_documents([d["text"] for d in data.corpus])
     row: dict = {"adapter": folder.name}
     with encoder.adapter_active():

@@ -280,7 +280,7 @@ def test_closed_explicit_layout_ends_on_the_next_generation_prompt(tiny_tokenize
 
     query = example("q", [0])
     reply_ids, reply_bounds = ExplicitInputs(tiny_tokenizer, PromptFormat(), 1000)(query)
-    closed_ids, closed_bounds = ExplicitInputs(tiny_tokenizer, PromptFormat(), 1000, closed=True)(query)
+    closed_ids, closed_bounds = ExplicitInputs(tiny_tokenizer, PromptFormat(), 1000, "closed")(query)
     tail = closed_ids[len(reply_ids) :]
     assert closed_ids[: len(reply_ids)] == reply_ids and closed_bounds == reply_bounds and tail
     # the tail is exactly what the chat template writes after the reply, up to and including the generation prompt

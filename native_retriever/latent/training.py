@@ -191,12 +191,12 @@ def make_batch(examples: list[Example], rng: random.Random) -> tuple[list[int], 
 
 class ExplicitInputs:
     """Token ids of the explicit view (conversation, then the rationale as the start of the reply) and its
-    segment-boundary positions. ``closed``: the reply is closed and a new generation prompt follows, so the final
-    token (the embedding) is the same kind of state as the latent view's first step."""
+    segment-boundary positions. Layout ``closed``: the reply is closed and a new generation prompt follows, so the
+    final token (the embedding) is the same kind of state as the latent view's first step."""
 
-    def __init__(self, tokenizer, prompt_format: PromptFormat, max_rationale_tokens: int, closed: bool = False):
+    def __init__(self, tokenizer, prompt_format: PromptFormat, max_rationale_tokens: int, layout: str = "reply"):
         self.tokenizer, self.prompt_format, self.limit = tokenizer, prompt_format, max_rationale_tokens
-        self.closing = reply_closing_ids(tokenizer) if closed else []
+        self.closing = reply_closing_ids(tokenizer) if layout == "closed" else []
         self.cut = 0  # rationales cut to fit the window so far
 
     def __call__(self, example: Example) -> tuple[list[int], list[int]]:
@@ -370,9 +370,7 @@ def train_latent(
     output = Path(output)
     prompt_format = PromptFormat(max_tokens=config.max_tokens)
     encoder = LatentEncoder.create(model, tokenizer, config.latent_config(prompt_format), seed=config.seed)
-    explicit = ExplicitInputs(
-        tokenizer, prompt_format, config.max_rationale_tokens, closed=config.explicit_layout == "closed"
-    )
+    explicit = ExplicitInputs(tokenizer, prompt_format, config.max_rationale_tokens, config.explicit_layout)
     doc_ids: dict[int, list[int]] = {}
     micro_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_micro = config.epochs * micro_per_epoch
