@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Latent-view (LaSER) ablation on CoQA, sized for a shared 2-core CPU (one core per run: OMP_NUM_THREADS=1).
 #   bash benchmarks/latent_ablation.sh train   # the ablation: seven adapters on the same coqa-train sample
-#   bash benchmarks/latent_ablation.sh closed  # the full method with the explicit view in the closed layout
+#   bash benchmarks/latent_ablation.sh closed  # the full method and the rows that read the explicit view, closed layout
 #   bash benchmarks/latent_ablation.sh trend   # full and contrastive only on 80 and 320 queries (20 and 80 steps)
 #   bash benchmarks/latent_ablation.sh eval    # ablation table, K sweep and latency on the coqa-dev subset
 #   bash benchmarks/latent_ablation.sh top8    # the earlier runs with LoRA on the top 8 layers only (docs/latent.md)
-# Two runs go at once (one per core); finished adapters are skipped. Adapters and logs go to $RUNS (default
+# Two runs go at once (one per core), except the sequential tails of `closed` and `trend`, which are meant to run
+# side by side (`closed & trend & wait`); finished adapters are skipped. Adapters and logs go to $RUNS (default
 # runs/latent, outside git); results JSON/PNG to docs/.
 set -euo pipefail
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -39,12 +40,16 @@ case "${1:-train}" in
     ;;
   closed)  # explicit input = conversation + rationale + the next generation prompt (the default layout)
     train full-closed "${FULL[@]}" --explicit-layout closed & train full-closed-design --explicit-layout closed & wait
+    train no-trajectory-closed "${FULL[@]}" --trajectory-weight 0
+    train no-distill-closed "${FULL[@]}" --distill-weight 0
+    train k1-closed "${FULL[@]}" --k 1
     ;;
-  trend)  # not run yet (no time left in the session that wrote it). One core: full on 320 queries; the other: contrastive on 320, then both on 80
-    (COMMON[3]=320; train full-n320 "${FULL[@]}") &
-    (COMMON[3]=320; train contrastive-n320 "${CONTRASTIVE[@]}"
-     COMMON[3]=80; train full-n80 "${FULL[@]}"; train contrastive-n80 "${CONTRASTIVE[@]}") &
-    wait
+  trend)  # one core: the full method (closed layout) and contrastive only on 320, then 80 queries
+    for n in 320 80; do
+      COMMON[3]=$n
+      train "full-n$n" "${FULL[@]}"
+      train "contrastive-n$n" "${CONTRASTIVE[@]}"
+    done
     ;;
   top8)  # LoRA on the top 8 of 30 layers, DESIGN loss weights: 40 queries (10 steps), and the 160-query pair
     RUNS=$RUNS/top8

@@ -34,9 +34,12 @@ ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh): Lo
     "contrastive": "contrastive only (K=1, latent InfoNCE: the paper's fair baseline)",
     "full-closed": "full method, explicit view in the closed layout",
     "full-closed-design": "full method, closed layout, DESIGN's weights (output KL 10, trajectory 0.1)",
-    "full-n80": "full method, 80 training queries (20 steps)",
+    "no-trajectory-closed": "without trajectory alignment, closed layout",
+    "no-distill-closed": "without output distillation, closed layout",
+    "k1-closed": "K=1 (no latent tokens), all losses, closed layout",
+    "full-n80": "full method (closed layout), 80 training queries (20 steps)",
     "contrastive-n80": "contrastive only, 80 training queries (20 steps)",
-    "full-n320": "full method, 320 training queries (80 steps)",
+    "full-n320": "full method (closed layout), 320 training queries (80 steps)",
     "contrastive-n320": "contrastive only, 320 training queries (80 steps)",
 }
 TOP8 = {  # the earlier runs in RUNS/top8: LoRA on the top 8 of 30 layers, DESIGN's weights, 40 queries unless named
