@@ -6,7 +6,8 @@
 #   bash benchmarks/latent_ablation.sh eval    # ablation table, K sweep and latency on the coqa-dev subset
 #   bash benchmarks/latent_ablation.sh top8    # the earlier runs with LoRA on the top 8 layers only (docs/latent.md)
 # Two runs go at once (one per core), except the sequential tails of `closed` and `trend`, which are meant to run
-# side by side (`closed & trend & wait`); finished adapters are skipped. Adapters and logs go to $RUNS (default
+# side by side once the first pair of `closed` is done (`closed & trend & wait`: at most three runs, about 20 GB);
+# finished adapters are skipped. Adapters and logs go to $RUNS (default
 # runs/latent, outside git); results JSON/PNG to docs/.
 set -euo pipefail
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
