@@ -22,6 +22,7 @@ COMMON=(--train "$DATA/coqa-train" --max-train-queries "$N" --max-tokens 160 --d
 # the row "full, DESIGN weights").
 FULL=(--distill-weight 1 --trajectory-weight 1)
 REPLY=(--explicit-layout reply)  # the ablation rows were trained in the first layout of the explicit view
+CLOSED=(--explicit-layout closed)  # the default layout, named so the runs do not depend on the default
 CONTRASTIVE=(--k 1 --explicit-weight 0 --distill-weight 0 --trajectory-weight 0)
 
 train() {  # name, extra flags...
@@ -40,15 +41,15 @@ case "${1:-train}" in
     train full "${FULL[@]}" "${REPLY[@]}"
     ;;
   closed)  # explicit input = conversation + rationale + the next generation prompt (the default layout)
-    train full-closed "${FULL[@]}" --explicit-layout closed & train full-closed-design --explicit-layout closed & wait
-    train no-trajectory-closed "${FULL[@]}" --trajectory-weight 0
-    train no-distill-closed "${FULL[@]}" --distill-weight 0
-    train k1-closed "${FULL[@]}" --k 1
+    train full-closed "${FULL[@]}" "${CLOSED[@]}" & train full-closed-design "${CLOSED[@]}" & wait
+    train no-trajectory-closed "${FULL[@]}" "${CLOSED[@]}" --trajectory-weight 0
+    train no-distill-closed "${FULL[@]}" "${CLOSED[@]}" --distill-weight 0
+    train k1-closed "${FULL[@]}" "${CLOSED[@]}" --k 1
     ;;
   trend)  # one core: the full method (closed layout) and contrastive only on 320, then 80 queries
     for n in 320 80; do
       COMMON[3]=$n
-      train "full-n$n" "${FULL[@]}"
+      train "full-n$n" "${FULL[@]}" "${CLOSED[@]}"
       train "contrastive-n$n" "${CONTRASTIVE[@]}"
     done
     ;;

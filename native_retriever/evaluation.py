@@ -92,9 +92,9 @@ def evaluate_systems(
     results: dict[str, dict] = {}
     generated: list[str] | None = None
     known = generated_queries if generated_queries is not None else {}
-    teacher_indexed = [s for s in systems if s != "bm25-question" and s not in LATENT_SYSTEMS]
-    texts = [d["text"] for d in data.corpus]
-    corpus = teacher.encode(texts, show_progress=True) if teacher is not None and teacher_indexed else None
+    corpus = None  # the teacher's corpus vectors, only when a requested system searches them
+    if teacher is not None and any(s != "bm25-question" and s not in LATENT_SYSTEMS for s in systems):
+        corpus = teacher.encode([d["text"] for d in data.corpus], show_progress=True)
 
     def score(name: str, vectors: np.ndarray) -> None:
         results[name] = retrieval_metrics(data.qrels, top_k_run(qids, data.doc_ids, vectors, corpus))
