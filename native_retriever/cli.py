@@ -1,4 +1,4 @@
-"""The ``native-retriever`` command: demo, index, search, chat, train-head, eval."""
+"""The ``native-retriever`` command: demo, index, search, chat, train-head, eval, compare."""
 
 from __future__ import annotations
 
@@ -216,6 +216,7 @@ def cmd_eval(args) -> None:
         batch_size=args.batch_size,
         generated_queries=generated,
         latent_embedders=latent,
+        save_runs=args.save_runs,
     )
     if cache and generated:
         cache.write_text(json.dumps(generated, indent=1) + "\n")
@@ -233,6 +234,24 @@ def cmd_eval(args) -> None:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def cmd_compare(args) -> None:
+    """Paired significance tests between runs saved by ``eval --save-runs``; print the table, optionally JSON."""
+    from .data import load_data
+    from .evaluation import compare_runs, comparison_dict
+
+    data = load_data(args.data, max_queries=args.max_queries)
+    report = compare_runs(data.qrels, args.runs, stat_test=args.test, max_p=args.max_p)
+    print(report.to_table())
+    print(
+        f"Superscripts: significantly better (p < {args.max_p}, {report.get_stat_test_label(args.test)}) than "
+        f"the runs of those letters; {len(data.qrels)} queries of {data.name}."
+    )
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        result = comparison_dict(report) | {"data": data.name, "queries": len(data.qrels), "max_p": args.max_p}
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _latent_embedders(args, systems: list[str]) -> dict:
@@ -355,8 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--latent-adapter", help="adapter folder for the latent system (train-latent)")
     evaluate.add_argument("--latent-contrastive-adapter", help="adapter folder for latent-contrastive")
     evaluate.add_argument("--latent-k", type=int, help="latent steps at inference (default: each adapter's K)")
+    evaluate.add_argument("--save-runs", metavar="DIR", help="write each system's top-10 run to DIR/<system>.trec")
     _add_models(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    comparison = sub.add_parser("compare", help="paired significance tests between runs saved by eval --save-runs")
+    comparison.add_argument("runs", nargs="+", metavar="RUN", help="TREC run files (at least two)")
+    comparison.add_argument("--data", required=True, help="the data folder the runs were made on (its qrels)")
+    comparison.add_argument("--max-queries", type=int, help="the same --max-queries as the eval that made the runs")
+    comparison.add_argument(
+        "--test",
+        choices=("student", "fisher", "tukey"),
+        default="student",
+        help="paired t-test, Fisher's randomization test or Tukey's HSD (default student)",
+    )
+    comparison.add_argument("--max-p", type=float, default=0.05, help="significance level (default 0.05)")
+    comparison.add_argument("--output", help="write ranx's report (scores, p-values, wins/ties/losses) as JSON")
+    comparison.set_defaults(func=cmd_compare)
 
     from .latent.cli import add_commands as add_latent_commands
 

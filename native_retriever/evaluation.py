@@ -1,13 +1,17 @@
-"""Retrieval metrics (ranx) and exact top-k runs from score matrices."""
+"""Retrieval metrics (ranx), exact top-k runs from score matrices, saved runs and paired significance tests."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .agent import generate_queries
+from .errors import DataFormatError
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
 
@@ -32,6 +36,79 @@ def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str,
     run = {qid: run.get(qid) or {"__none__": 0.0} for qid in qrels}
     scores = evaluate(Qrels(qrels), Run(run), list(METRICS), make_comparable=True)
     return {name: round(float(scores[name]), 4) for name in METRICS} | {"queries": len(qrels)}
+
+
+STAT_TESTS = ("student", "fisher", "tukey")  # ranx: paired t-test, Fisher's randomization test, Tukey's HSD
+
+
+def save_run(run: dict[str, dict[str, float]], path: str | os.PathLike, name: str) -> None:
+    """Write a run as a TREC run file (``qid Q0 docid rank score name``), readable by ranx and trec_eval."""
+    from ranx import Run
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Run(run, name=name).save(str(path), kind="trec")
+
+
+def compare_runs(
+    qrels: dict[str, dict[str, int]],
+    paths: Sequence[str | os.PathLike],
+    *,
+    stat_test: str = "student",
+    max_p: float = 0.05,
+):
+    """Paired significance tests (ranx ``compare``) of saved TREC runs on the same judged queries.
+
+    A run is named after its file (``latent.trec`` -> ``latent``), or ``folder/latent`` when two files share a name.
+    A query missing from a run scores 0. Returns ranx's Report (``to_dict()``, ``to_table()``).
+    """
+    from ranx import Qrels, Run, compare
+
+    if stat_test not in STAT_TESTS:
+        raise ValueError(f"Unknown test {stat_test!r}; choose from {', '.join(STAT_TESTS)}.")
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise DataFormatError("Comparing needs at least two run files (write them with `eval --save-runs DIR`).")
+    stems = [p.stem for p in paths]
+    runs = []
+    for path in paths:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataFormatError(f"Run file {path} is empty; write runs with `native-retriever eval --save-runs DIR`.")
+        if not path.is_file():
+            raise DataFormatError(
+                f"Run file {path} does not exist; write runs with `native-retriever eval --save-runs DIR`."
+            )
+        name = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}/{path.stem}"
+        try:
+            run = Run.from_file(str(path), kind="trec", name=name)
+        except (ValueError, IndexError) as exc:
+            raise DataFormatError(
+                f"Run file {path} is not a TREC run file (one 'qid Q0 docid rank score tag' per line, as "
+                f"`native-retriever eval --save-runs DIR` writes): {exc}"
+            ) from exc
+        runs.append(run)
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):
+        raise DataFormatError(f"Run names {names} are not unique; give the files distinct names or folders.")
+    with warnings.catch_warnings():  # scipy warns when two runs score the same on every query
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return compare(
+            Qrels(qrels), runs, list(METRICS), stat_test=stat_test, max_p=max_p, make_comparable=True, rounding_digits=4
+        )
+
+
+def comparison_dict(report) -> dict:
+    """ranx's Report as plain JSON values: p-values as floats, ``None`` where a test is undefined (equal scores)."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        if isinstance(value, float | np.floating):
+            return None if np.isnan(value) else float(value)
+        return value
+
+    return plain(report.to_dict())
 
 
 SYSTEMS = (
@@ -75,6 +152,7 @@ def evaluate_systems(
     max_new_tokens: int = 32,
     generated_queries: dict[str, str] | None = None,
     latent_embedders: dict | None = None,
+    save_runs: str | os.PathLike | None = None,
 ) -> dict:
     """Score each named system on ``data`` (a RetrievalData) over the same corpus and queries.
 
@@ -84,6 +162,7 @@ def evaluate_systems(
     ``generated_queries`` (query id -> text) holds queries written earlier; missing ones are generated and added.
     ``latent_embedders``: system name (``latent``, ``latent-contrastive``) -> LatentEmbedder; that system embeds the
     corpus and the conversations itself.
+    ``save_runs``: a folder to write each system's top-10 run into as ``<system>.trec`` (for ``compare_runs``).
     """
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -96,12 +175,17 @@ def evaluate_systems(
     if teacher is not None and any(s != "bm25-question" and s not in LATENT_SYSTEMS for s in systems):
         corpus = teacher.encode([d["text"] for d in data.corpus], show_progress=True)
 
+    def record(name: str, run: dict[str, dict[str, float]]) -> None:
+        results[name] = retrieval_metrics(data.qrels, run)
+        if save_runs is not None:
+            save_run(run, Path(save_runs) / f"{name}.trec", name)
+
     def score(name: str, vectors: np.ndarray) -> None:
-        results[name] = retrieval_metrics(data.qrels, top_k_run(qids, data.doc_ids, vectors, corpus))
+        record(name, top_k_run(qids, data.doc_ids, vectors, corpus))
 
     for name in systems:
         if name == "bm25-question":
-            results[name] = retrieval_metrics(data.qrels, bm25_run(data))
+            record(name, bm25_run(data))
         elif name == "teacher-question":
             score(name, teacher.encode([q["question"] for q in data.queries]))
         elif name == "teacher-history":
@@ -134,7 +218,7 @@ def evaluate_systems(
             vectors = embedder.embed_conversations(
                 [q["messages"] for q in data.queries], batch_size=batch_size, show_progress=True
             )
-            results[name] = retrieval_metrics(data.qrels, top_k_run(qids, data.doc_ids, vectors, docs))
+            record(name, top_k_run(qids, data.doc_ids, vectors, docs))
     baseline = results.get("generate-then-encode")
     if baseline:
         for metrics in results.values():

@@ -80,6 +80,54 @@ def test_eval_writes_a_json_report(trained_head, tiny_llm_folder, tiny_data_fold
         assert name in printed
 
 
+def test_eval_saves_runs_that_compare_reproduces_and_tests(tiny_data_folder, tmp_path, capsys):
+    systems = ["bm25-question", "teacher-question"]
+    runs, report_path, comparison = tmp_path / "runs", tmp_path / "eval.json", tmp_path / "compare.json"
+    command = ["eval", "--data", tiny_data_folder, "--systems", ",".join(systems), "--save-runs", str(runs)]
+    assert main(command + ["--output", str(report_path)]) == 0
+    files = [runs / f"{name}.trec" for name in systems]
+    lines = [line.split() for line in files[0].read_text().splitlines()]
+    assert all(len(line) == 6 and line[1] == "Q0" and line[5] == "bm25-question" for line in lines)
+    # a worse system: the teacher's top 10 in reverse order
+    reversed_run = tmp_path / "reversed.trec"
+    rows = [line.split() for line in files[1].read_text().splitlines()]
+    reversed_run.write_text("".join(f"{q} Q0 {d} {r} {-float(s)} reversed\n" for q, _, d, r, s, _ in rows))
+    capsys.readouterr()
+    files.append(reversed_run)
+    assert main(["compare", *map(str, files), "--data", tiny_data_folder, "--output", str(comparison)]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in systems) and "paired Student's t-test" in printed
+    report, result = json.loads(report_path.read_text()), json.loads(comparison.read_text())
+    assert result["model_names"] == [*systems, "reversed"] and result["queries"] == report["queries"]
+    for name in systems:
+        for metric in ("recall@10", "mrr@10", "ndcg@10"):
+            assert result[name]["scores"][metric] == pytest.approx(report["systems"][name][metric], abs=1e-4)
+    teacher = result["teacher-question"]
+    assert teacher["scores"]["recall@10"] == result["reversed"]["scores"]["recall@10"]
+    assert teacher["comparisons"]["reversed"]["recall@10"] is None  # same on every query: no test
+    assert sum(teacher["win_tie_loss"]["reversed"]["recall@10"].values()) == report["queries"]
+    assert teacher["comparisons"]["reversed"]["mrr@10"] < 0.05
+    wins = teacher["win_tie_loss"]["reversed"]["mrr@10"]
+    assert wins["W"] > 10 * wins["L"] and sum(wins.values()) == report["queries"]
+
+
+def test_compare_refuses_missing_malformed_and_single_runs(tiny_data_folder, tmp_path, capsys):
+    good, bad, empty = tmp_path / "a.trec", tmp_path / "b.trec", tmp_path / "c.trec"
+    good.write_text("q1 Q0 d1 1 2.0 a\n")
+    bad.write_text("q1 d1 2.0\n")
+    empty.write_text("")
+    cases = [
+        ([good, tmp_path / "missing.trec"], "missing.trec does not exist"),
+        ([good, bad], "b.trec is not a TREC run file"),
+        ([good, empty], "c.trec is empty"),
+        ([good], "at least two run files"),
+    ]
+    for files, message in cases:
+        assert main(["compare", *map(str, files), "--data", tiny_data_folder]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "save-runs" in captured.err and captured.out == ""
+
+
 def test_eval_with_an_unknown_system_is_refused(tiny_data_folder):
     with pytest.raises(ValueError, match="Unknown systems \\['bm25'\\]; choose from bm25-question"):
         main(["eval", "--data", tiny_data_folder, "--systems", "bm25"])
