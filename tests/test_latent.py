@@ -391,6 +391,21 @@ def test_cli_train_latent(tiny_llm_folder, tiny_data_folder, tmp_path, capsys):
         0 <= report["systems"]["latent"]["recall@10"] <= 1
         and report["systems"]["latent"]["queries"] == report["queries"] > 0
     )
+    # a latent-only eval never loads the teacher (a missing one is no error) and saves the latent run
+    runs, no_teacher = tmp_path / "runs", str(tmp_path / "no-teacher")
+    latent_only = [
+        "--systems",
+        "latent",
+        "--latent-adapter",
+        str(out),
+        "--teacher",
+        no_teacher,
+        "--save-runs",
+        str(runs),
+    ]
+    assert main([*evaluate, *latent_only]) == 0
+    queries = {line.split()[0] for line in (runs / "latent.trec").read_text().splitlines()}
+    assert len(queries) == json.loads(report_path.read_text())["queries"]
     with pytest.raises(SystemExit, match="--latent-contrastive-adapter"):
         main([*evaluate, "--systems", "latent-contrastive"])
 
