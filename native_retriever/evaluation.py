@@ -71,11 +71,10 @@ def compare_runs(
     stems = [p.stem for p in paths]
     runs = []
     for path in paths:
-        if path.is_file() and path.stat().st_size == 0:
-            raise DataFormatError(f"Run file {path} is empty; write runs with `native-retriever eval --save-runs DIR`.")
-        if not path.is_file():
+        problem = "does not exist" if not path.is_file() else "is empty" if path.stat().st_size == 0 else None
+        if problem:
             raise DataFormatError(
-                f"Run file {path} does not exist; write runs with `native-retriever eval --save-runs DIR`."
+                f"Run file {path} {problem}; write runs with `native-retriever eval --save-runs DIR`."
             )
         name = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}/{path.stem}"
         try:
