@@ -252,7 +252,8 @@ def cmd_compare(args) -> None:
     )
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        result = comparison_dict(report) | {"data": data.name, "queries": len(data.qrels), "max_p": args.max_p}
+        facts = {"data": data.name, "queries": len(data.qrels), "max_p": args.max_p, "runs": args.runs}
+        result = comparison_dict(report) | facts
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
 

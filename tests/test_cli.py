@@ -99,6 +99,7 @@ def test_eval_saves_runs_that_compare_reproduces_and_tests(tiny_data_folder, tmp
     assert all(name in printed for name in systems) and "paired Student's t-test" in printed
     report, result = json.loads(report_path.read_text()), json.loads(comparison.read_text())
     assert result["model_names"] == [*systems, "reversed"] and result["queries"] == report["queries"]
+    assert result["runs"] == [str(f) for f in files]
     for name in systems:
         for metric in ("recall@10", "mrr@10", "ndcg@10"):
             assert result[name]["scores"][metric] == pytest.approx(report["systems"][name][metric], abs=1e-4)
