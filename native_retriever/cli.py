@@ -244,7 +244,7 @@ def cmd_compare(args) -> None:
     from .evaluation import compare_runs, comparison_dict
 
     data = load_data(args.data, max_queries=args.max_queries)
-    report = compare_runs(data.qrels, args.runs, stat_test=args.test, max_p=args.max_p)
+    report = compare_runs(data.qrels, args.runs, stat_test=args.test, max_p=args.max_p, permutations=args.permutations)
     print(report.to_table())
     print(
         f"Superscripts: significantly better (p < {args.max_p}, {report.get_stat_test_label(args.test)}) than "
@@ -253,6 +253,7 @@ def cmd_compare(args) -> None:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         facts = {"data": data.name, "queries": len(data.qrels), "max_p": args.max_p, "runs": args.runs}
+        facts |= {"permutations": args.permutations} if args.test == "fisher" else {}
         result = comparison_dict(report) | facts
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
@@ -392,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="paired t-test, Fisher's randomization test or Tukey's HSD (default student)",
     )
     comparison.add_argument("--max-p", type=float, default=0.05, help="significance level (default 0.05)")
+    comparison.add_argument(
+        "--permutations", type=int, default=10_000, help="random permutations of Fisher's test (default 10000)"
+    )
     comparison.add_argument("--output", help="write ranx's report (scores, p-values, wins/ties/losses) as JSON")
     comparison.set_defaults(func=cmd_compare)
 

@@ -55,11 +55,13 @@ def compare_runs(
     *,
     stat_test: str = "student",
     max_p: float = 0.05,
+    permutations: int = 10_000,
 ):
     """Paired significance tests (ranx ``compare``) of saved TREC runs on the same judged queries.
 
     A run is named after its file (``latent.trec`` -> ``latent``), or ``folder/latent`` when two files share a name.
-    A query missing from a run scores 0. Returns ranx's Report (``to_dict()``, ``to_table()``).
+    A query missing from a run scores 0. ``permutations``: of Fisher's test, whose p-value is a Monte Carlo estimate
+    (standard error about 0.003 at p = 0.1 with 10,000). Returns ranx's Report (``to_dict()``, ``to_table()``).
     """
     from ranx import Qrels, Run, compare
 
@@ -91,7 +93,14 @@ def compare_runs(
     with warnings.catch_warnings():  # scipy warns when two runs score the same on every query
         warnings.simplefilter("ignore", RuntimeWarning)
         return compare(
-            Qrels(qrels), runs, list(METRICS), stat_test=stat_test, max_p=max_p, make_comparable=True, rounding_digits=4
+            Qrels(qrels),
+            runs,
+            list(METRICS),
+            stat_test=stat_test,
+            n_permutations=permutations,
+            max_p=max_p,
+            make_comparable=True,
+            rounding_digits=4,
         )
 
 

@@ -110,6 +110,11 @@ def test_eval_saves_runs_that_compare_reproduces_and_tests(tiny_data_folder, tmp
     assert teacher["comparisons"]["reversed"]["mrr@10"] < 0.05
     wins = teacher["win_tie_loss"]["reversed"]["mrr@10"]
     assert wins["W"] > 10 * wins["L"] and sum(wins.values()) == report["queries"]
+    fisher = ["compare", str(files[1]), str(reversed_run), "--data", tiny_data_folder, "--test", "fisher"]
+    assert main([*fisher, "--permutations", "2000", "--output", str(comparison)]) == 0
+    result = json.loads(comparison.read_text())
+    assert result["permutations"] == 2000 and result["stat_test"] == "fisher"
+    assert result["teacher-question"]["comparisons"]["reversed"]["mrr@10"] < 0.05
 
 
 def test_compare_refuses_missing_malformed_and_single_runs(tiny_data_folder, tmp_path, capsys):
