@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--max-queries", type=int, help="the same --max-queries as the eval that made the runs")
     comparison.add_argument(
         "--test",
-        choices=("student", "fisher", "tukey"),
+        choices=("student", "fisher", "tukey"),  # evaluation.STAT_TESTS, not imported: it loads torch
         default="student",
         help="paired t-test, Fisher's randomization test or Tukey's HSD (default student)",
     )

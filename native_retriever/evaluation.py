@@ -67,6 +67,8 @@ def compare_runs(
 
     if stat_test not in STAT_TESTS:
         raise ValueError(f"Unknown test {stat_test!r}; choose from {', '.join(STAT_TESTS)}.")
+    if permutations < 1 or not 0 < max_p < 1:
+        raise ValueError(f"Need permutations >= 1 and 0 < max_p < 1, got {permutations} and {max_p}.")
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise DataFormatError("Comparing needs at least two run files (write them with `eval --save-runs DIR`).")

@@ -132,6 +132,8 @@ def test_compare_refuses_missing_malformed_and_single_runs(tiny_data_folder, tmp
         assert main(["compare", *map(str, files), "--data", tiny_data_folder]) == 2
         captured = capsys.readouterr()
         assert message in captured.err and "save-runs" in captured.err and captured.out == ""
+    with pytest.raises(ValueError, match="permutations >= 1"):
+        main(["compare", str(good), str(good), "--data", tiny_data_folder, "--test", "fisher", "--permutations", "0"])
 
 
 def test_eval_with_an_unknown_system_is_refused(tiny_data_folder):
