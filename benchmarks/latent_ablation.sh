@@ -3,6 +3,7 @@
 #   bash benchmarks/latent_ablation.sh train   # the ablation: seven adapters on the same coqa-train sample
 #   bash benchmarks/latent_ablation.sh closed  # the full method and the rows that read the explicit view, closed layout
 #   bash benchmarks/latent_ablation.sh trend   # full and contrastive only on 80 and 320 queries (20 and 80 steps)
+#   bash benchmarks/latent_ablation.sh seeds   # the 160-query pair with seed 1, then both on all of coqa-dev
 #   bash benchmarks/latent_ablation.sh eval    # ablation table, K sweep and latency on the coqa-dev subset
 #   bash benchmarks/latent_ablation.sh top8    # the earlier runs with LoRA on the top 8 layers only (docs/latent.md)
 # Two runs go at once (one per core), except the sequential tails of `closed` and `trend`, which are meant to run
@@ -39,6 +40,16 @@ case "${1:-train}" in
     train no-explicit --explicit-weight 0 --distill-weight 0 --trajectory-weight 0 & train k1 "${FULL[@]}" "${REPLY[@]}" --k 1 & wait
     train no-trajectory "${FULL[@]}" "${REPLY[@]}" --trajectory-weight 0 & train no-distill "${FULL[@]}" "${REPLY[@]}" --distill-weight 0 & wait
     train full "${FULL[@]}" "${REPLY[@]}"
+    ;;
+  seeds)  # the 40-step pair again with seed 1 (another sample, LoRA init, order and negatives), on all of coqa-dev
+    train full-closed-s1 "${FULL[@]}" "${CLOSED[@]}" --seed 1 & train contrastive-s1 "${CONTRASTIVE[@]}" --seed 1 & wait
+    EVAL=(native-retriever eval --data "$DATA/coqa-dev" --batch-size 16)
+    "${EVAL[@]}" --systems latent --latent-adapter "$RUNS/full-closed-s1" --save-runs "$RUNS/eval/full-closed-s1" \
+      --output docs/eval-coqa-dev-latent-full-method-seed1.json > "$RUNS/eval-full-closed-s1.log" 2>&1 &
+    "${EVAL[@]}" --systems latent-contrastive --latent-contrastive-adapter "$RUNS/contrastive-s1" \
+      --save-runs "$RUNS/eval/contrastive-s1" --output docs/eval-coqa-dev-latent-contrastive-seed1.json \
+      > "$RUNS/eval-contrastive-s1.log" 2>&1 &
+    wait
     ;;
   closed)  # explicit input = conversation + rationale + the next generation prompt (the default layout)
     train full-closed "${FULL[@]}" "${CLOSED[@]}" & train full-closed-design "${CLOSED[@]}" & wait
