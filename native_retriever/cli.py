@@ -180,7 +180,7 @@ def cmd_eval(args) -> None:
     """Score the retrieval systems side by side on one data folder; print and optionally write JSON."""
     from .data import load_data
     from .embedder import DEFAULT_HEAD, NativeEmbedder
-    from .evaluation import LATENT_SYSTEMS, SYSTEMS, evaluate_systems
+    from .evaluation import SYSTEMS, evaluate_systems, needs_teacher
     from .heads import ProjectionHead
     from .models import load_llm
     from .teacher import Teacher
@@ -197,8 +197,7 @@ def cmd_eval(args) -> None:
         ProjectionHead.from_pretrained(args.query_head or DEFAULT_QUERY_HEAD) if "native-query" in systems else None
     )
     # BM25 and the latent systems index the corpus themselves: the teacher loads only for the others
-    needs_teacher = any(s != "bm25-question" and s not in LATENT_SYSTEMS for s in systems)
-    teacher = Teacher.from_pretrained(args.teacher) if needs_teacher else None
+    teacher = Teacher.from_pretrained(args.teacher) if needs_teacher(systems) else None
     llm = context = query = None
     if any(s in systems for s in ("generate-then-encode", "native-context", "native-query")):
         llm = load_llm(args.llm)

@@ -73,14 +73,16 @@ def compare_runs(
     if len(paths) < 2:
         raise DataFormatError("Comparing needs at least two run files (write them with `eval --save-runs DIR`).")
     stems = [p.stem for p in paths]
+    names = [p.stem if stems.count(p.stem) == 1 else f"{p.parent.name}/{p.stem}" for p in paths]
+    if len(set(names)) < len(names):
+        raise DataFormatError(f"Run names {names} are not unique; give the files distinct names or folders.")
     runs = []
-    for path in paths:
+    for path, name in zip(paths, names):
         problem = "does not exist" if not path.is_file() else "is empty" if path.stat().st_size == 0 else None
         if problem:
             raise DataFormatError(
                 f"Run file {path} {problem}; write runs with `native-retriever eval --save-runs DIR`."
             )
-        name = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}/{path.stem}"
         try:
             run = Run.from_file(str(path), kind="trec", name=name)
         except (ValueError, IndexError) as exc:
@@ -89,9 +91,6 @@ def compare_runs(
                 f"`native-retriever eval --save-runs DIR` writes): {exc}"
             ) from exc
         runs.append(run)
-    names = [run.name for run in runs]
-    if len(set(names)) < len(names):
-        raise DataFormatError(f"Run names {names} are not unique; give the files distinct names or folders.")
     with warnings.catch_warnings():  # scipy warns when two runs score the same on every query
         warnings.simplefilter("ignore", RuntimeWarning)
         return compare(
@@ -132,6 +131,11 @@ SYSTEMS = (
     "latent-contrastive",
 )
 LATENT_SYSTEMS = ("latent", "latent-contrastive")  # documents indexed by the latent encoder itself
+
+
+def needs_teacher(systems: Sequence[str]) -> bool:
+    """Whether any of ``systems`` searches the teacher's corpus vectors (BM25 and the latent systems do not)."""
+    return any(s != "bm25-question" and s not in LATENT_SYSTEMS for s in systems)
 
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
@@ -182,7 +186,7 @@ def evaluate_systems(
     generated: list[str] | None = None
     known = generated_queries if generated_queries is not None else {}
     corpus = None  # the teacher's corpus vectors, only when a requested system searches them
-    if teacher is not None and any(s != "bm25-question" and s not in LATENT_SYSTEMS for s in systems):
+    if teacher is not None and needs_teacher(systems):
         corpus = teacher.encode([d["text"] for d in data.corpus], show_progress=True)
 
     def record(name: str, run: dict[str, dict[str, float]]) -> None:
