@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from .compat import cache_kwargs
 from .conversation import EncodedConversation, clean_query, rewrite_messages, validate_conversation
 from .errors import ConversationError
 from .index import SearchHit
@@ -158,7 +159,7 @@ def prefill(model, input_ids: Sequence[int], cache: DynamicCache | None = None) 
     """Run ``input_ids`` (one sequence, after what ``cache`` holds) through the model; returns the grown cache."""
     cache = cache if cache is not None else DynamicCache(config=model.config)
     ids = torch.tensor([list(input_ids)], device=_device(model))
-    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -174,7 +175,7 @@ def continue_greedy(
     out = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
-        past_key_values=cache,
+        **cache_kwargs(model, cache),
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         do_sample=False,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .compat import call_cache
 from .conversation import EncodedConversation
 from .errors import NativeRetrieverError
 
@@ -146,7 +147,7 @@ class HiddenStateCapture:
     # -- hooks ----------------------------------------------------------------------------------------------
     def _on_call(self, module, args, kwargs) -> None:
         self._pending = None
-        if threading.get_ident() != self._thread or _past_length(kwargs.get("past_key_values")) > 0:
+        if threading.get_ident() != self._thread or _past_length(call_cache(kwargs)) > 0:
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..compat import cache_kwargs, output_cache
 from ..conversation import PromptFormat, encode_conversation, encode_document
 from ..errors import HeadFileError
 from ..files import atomic_folder
@@ -77,7 +78,7 @@ def latent_states(
             inputs_embeds=soft_token(model, hidden, temperature).unsqueeze(1),
             attention_mask=mask,
             position_ids=position,
-            past_key_values=out.past_key_values,
+            **cache_kwargs(decoder, output_cache(out)),
             use_cache=True,
         )
         hidden = out.last_hidden_state[:, -1]
