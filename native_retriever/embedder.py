@@ -142,10 +142,11 @@ class NativeEmbedder:
 
     @property
     def teacher(self) -> Teacher:
-        """The document-side embedder (loaded on first use and checked against the head)."""
+        """The document-side embedder (loaded on first use, on the LLM's device, and checked against the head)."""
         with self._teacher_lock:
             if not isinstance(self._teacher, Teacher):
-                self._teacher = Teacher.from_pretrained(self._teacher or self.head.config.teacher.get("name"))
+                name = self._teacher or self.head.config.teacher.get("name")
+                self._teacher = Teacher.from_pretrained(name, device=str(next(self.model.parameters()).device))
                 self.head.check_compatible(teacher=self._teacher.info)
             return self._teacher
 

@@ -33,3 +33,11 @@ class DimensionMismatchError(NativeRetrieverError, ValueError):
 
 class DataFormatError(NativeRetrieverError, ValueError):
     """A corpus, query or qrels file does not follow docs/data-format.md."""
+
+
+class DeviceError(NativeRetrieverError, ValueError):
+    """A device name is not one torch knows, or names hardware this machine does not have."""
+
+
+class InvalidArgumentError(NativeRetrieverError, ValueError):
+    """An argument is outside what the function accepts (an unknown system or test, a value out of range)."""

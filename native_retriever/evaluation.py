@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .agent import generate_queries
-from .errors import DataFormatError
+from .errors import DataFormatError, InvalidArgumentError
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
 
@@ -66,9 +66,9 @@ def compare_runs(
     from ranx import Qrels, Run, compare
 
     if stat_test not in STAT_TESTS:
-        raise ValueError(f"Unknown test {stat_test!r}; choose from {', '.join(STAT_TESTS)}.")
+        raise InvalidArgumentError(f"Unknown test {stat_test!r}; choose from {', '.join(STAT_TESTS)}.")
     if permutations < 1 or not 0 < max_p < 1:
-        raise ValueError(f"Need permutations >= 1 and 0 < max_p < 1, got {permutations} and {max_p}.")
+        raise InvalidArgumentError(f"Need permutations >= 1 and 0 < max_p < 1, got {permutations} and {max_p}.")
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise DataFormatError("Comparing needs at least two run files (write them with `eval --save-runs DIR`).")
@@ -180,7 +180,7 @@ def evaluate_systems(
     """
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
-        raise ValueError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+        raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
     qids = [q["id"] for q in data.queries]
     results: dict[str, dict] = {}
     generated: list[str] | None = None
@@ -227,7 +227,7 @@ def evaluate_systems(
         elif name in LATENT_SYSTEMS:
             embedder = (latent_embedders or {}).get(name)
             if embedder is None:
-                raise ValueError(f"System {name!r} needs a LatentEmbedder in latent_embedders[{name!r}].")
+                raise InvalidArgumentError(f"System {name!r} needs a LatentEmbedder in latent_embedders[{name!r}].")
             docs = embedder.embed_documents([d["text"] for d in data.corpus], batch_size=batch_size, show_progress=True)
             vectors = embedder.embed_conversations(
                 [q["messages"] for q in data.queries], batch_size=batch_size, show_progress=True

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelNotFoundError
+from .errors import DeviceError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,48 @@ def _resolve_local(name: str, kind: str) -> str:
         ) from exc
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """A checked torch device; ``"auto"`` is the first CUDA GPU when torch sees one, else the CPU; None stays None.
+
+    A device this machine lacks (``cuda`` without a GPU or a CUDA build of torch, ``cuda:3`` on a one-GPU
+    machine, ``mps`` off Apple silicon) raises :class:`DeviceError` saying what to pass instead.
+    """
+    if device is None or isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise DeviceError(f"{device!r} is not a device torch knows; pass auto, cpu, cuda, cuda:N or mps.") from exc
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(
+                f"Device {device!r} asked for, but torch {torch.__version__} sees no CUDA GPU (CUDA build: "
+                f"{torch.version.cuda or 'none'}); pass --device cpu, or install a CUDA build of torch on a GPU "
+                "machine."
+            )
+        if chosen.index is not None and chosen.index >= count:
+            raise DeviceError(
+                f"Device {device!r} asked for, but torch sees {count} CUDA GPU(s): use cuda:0..{count - 1}."
+            )
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"Device {device!r} asked for, but MPS is not available here; pass --device cpu.")
+    return chosen
+
+
 def load_llm(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ):
-    """Load a causal LM and its tokenizer offline; returns ``(model, tokenizer)`` in eval mode."""
+    """Load a causal LM and its tokenizer offline; returns ``(model, tokenizer)`` in eval mode.
+
+    ``device``: where to put the model (``"auto"``, ``"cpu"``, ``"cuda:0"``, ...; checked by :func:`resolve_device`
+    before anything loads); None leaves it on the CPU.
+    """
+    device = resolve_device(device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_llm(name_or_path)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .conversation import history_text, validate_conversation
 from .errors import DataFormatError
-from .models import DEFAULT_TEACHER, MINILM_ALIASES, resolve_teacher, weight_fingerprint
+from .models import DEFAULT_TEACHER, MINILM_ALIASES, resolve_device, resolve_teacher, weight_fingerprint
 
 
 class Teacher:
@@ -21,10 +21,12 @@ class Teacher:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device: str | None = None) -> Teacher:
+        """Load offline onto ``device`` (default the CPU; ``"auto"`` picks a CUDA GPU when there is one)."""
         from sentence_transformers import SentenceTransformer
 
         name = str(name_or_path or DEFAULT_TEACHER)
-        model = SentenceTransformer(resolve_teacher(name), device=device or "cpu", local_files_only=True)
+        device = str(resolve_device(device) or "cpu")  # checked before the model loads
+        model = SentenceTransformer(resolve_teacher(name), device=device, local_files_only=True)
         display = "sentence-transformers/all-MiniLM-L6-v2" if name in MINILM_ALIASES else name
         return cls(model, display)
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from native_retriever.cli import main
 from native_retriever.heads import ProjectionHead
@@ -132,13 +133,39 @@ def test_compare_refuses_missing_malformed_and_single_runs(tiny_data_folder, tmp
         assert main(["compare", *map(str, files), "--data", tiny_data_folder]) == 2
         captured = capsys.readouterr()
         assert message in captured.err and "save-runs" in captured.err and captured.out == ""
-    with pytest.raises(ValueError, match="permutations >= 1"):
-        main(["compare", str(good), str(good), "--data", tiny_data_folder, "--test", "fisher", "--permutations", "0"])
+    fisher = ["compare", str(good), str(good), "--data", tiny_data_folder, "--test", "fisher"]
+    assert main([*fisher, "--permutations", "0"]) == 2
+    assert "permutations >= 1" in capsys.readouterr().err
 
 
-def test_eval_with_an_unknown_system_is_refused(tiny_data_folder):
-    with pytest.raises(ValueError, match="Unknown systems \\['bm25'\\]; choose from bm25-question"):
-        main(["eval", "--data", tiny_data_folder, "--systems", "bm25"])
+def test_eval_with_an_unknown_system_is_refused(tiny_data_folder, capsys):
+    assert main(["eval", "--data", tiny_data_folder, "--systems", "bm25"]) == 2
+    captured = capsys.readouterr()
+    assert "error: Unknown systems ['bm25']; choose from bm25-question" in captured.err and captured.out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_device_this_machine_lacks_is_refused_before_anything_loads(tiny_data_folder, monkeypatch, capsys):
+    import native_retriever.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before the device was checked")
+
+    monkeypatch.setattr(native_retriever.data, "load_data", no_loading)
+    for argv in (
+        ["eval", "--data", tiny_data_folder, "--systems", "bm25-question", "--device", "cuda"],
+        ["train-latent", "--train", tiny_data_folder, "-o", "unused", "--device", "cuda:0"],
+    ):
+        assert main(argv) == 2
+        assert "sees no CUDA GPU" in capsys.readouterr().err
+    assert main(["index", "folder", "-o", "unused", "--device", "gpu0"]) == 2
+    assert "'gpu0' is not a device torch knows" in capsys.readouterr().err
+
+
+def test_eval_runs_on_an_explicit_cpu_device(trained_head, tiny_llm_folder, tiny_data_folder, capsys):
+    argv = ["eval", "--data", tiny_data_folder, "--systems", "teacher-question,native-context", "--device", "cpu"]
+    assert main([*argv, "--llm", tiny_llm_folder, "--head", str(trained_head)]) == 0
+    assert "native-context" in capsys.readouterr().out
 
 
 def test_index_then_search_prints_hits(index_folder, trained_head, tiny_llm_folder, capsys):

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import native_retriever.models as models_mod
-from native_retriever.errors import ModelNotFoundError
+from native_retriever.errors import DeviceError, ModelNotFoundError
 from native_retriever.models import (
     SMOLLM2_PIP,
     cache_dir,
     fingerprints_match,
     llm_fingerprint,
     load_llm,
+    resolve_device,
     resolve_llm,
     resolve_teacher,
 )
@@ -105,6 +106,32 @@ def test_load_llm_from_folder_offline(tiny_llm_folder, tiny_llm, monkeypatch):
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text.startswith("<|im_start|>system\n")
     assert resolve_llm(tiny_llm_folder) == tiny_llm_folder
+
+
+def test_auto_device_is_a_cuda_gpu_when_there_is_one_else_the_cpu(tiny_llm_folder):
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto") == expected
+    assert resolve_device(None) is None and resolve_device(torch.device("cpu")) == torch.device("cpu")
+    model, _ = load_llm(tiny_llm_folder, device="auto")
+    assert next(model.parameters()).device.type == expected.type
+
+
+def test_devices_this_machine_lacks_are_refused_with_the_fix(monkeypatch):
+    with pytest.raises(DeviceError, match="'gpu' is not a device torch knows; pass auto, cpu"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="sees no CUDA GPU .*pass --device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="sees no CUDA GPU"):
+        load_llm("/no/such/folder", device="cuda:0")  # the device is checked before the model is looked for
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match="sees 1 CUDA GPU\\(s\\): use cuda:0..0"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="MPS is not available"):
+        resolve_device("mps")
 
 
 def test_load_llm_in_bf16(tiny_llm_folder):

@@ -29,7 +29,7 @@ def cmd_train_latent(args) -> None:
     data = load_data(args.train)
     rationales = read_rationales(args.rationales) if args.rationales else None
     examples = build_examples(data, rationales, args.max_train_queries, config.hard_pool, config.seed)
-    model, tokenizer = load_llm(args.llm)
+    model, tokenizer = load_llm(args.llm, device=args.device)
     info = {"name": data.name, "queries": len(examples), "passages": len(data.corpus), "rationales": args.rationales}
     encoder = train_latent(
         model,
@@ -65,7 +65,7 @@ def cmd_latent_rationales(args) -> None:
     if output.is_file():
         done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
     queries = [q for q in data.queries[: args.max_queries] if q["id"] not in done]
-    model, tokenizer = load_llm(args.llm)
+    model, tokenizer = load_llm(args.llm, device=args.device)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "a", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(queries), args.batch_size), desc="Writing rationales"):
@@ -89,6 +89,7 @@ def cmd_latent_rationales(args) -> None:
 
 def add_commands(sub) -> None:
     """Register ``train-latent`` and ``latent-rationales`` on the main parser's subparsers."""
+    from ..cli import add_device
     from .training import LatentTrainConfig
 
     train = sub.add_parser("train-latent", help="train a latent-view (LaSER) LoRA adapter on a data folder")
@@ -98,6 +99,7 @@ def add_commands(sub) -> None:
     train.add_argument("--max-train-queries", type=int, help="a random sample of N judged queries (seeded)")
     train.add_argument("--rationales", help="JSONL rationale cache from `latent-rationales` (default: data fields)")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
+    add_device(train)
     for field in dataclasses.fields(LatentTrainConfig):
         flag = "--" + field.name.replace("_", "-")
         train.add_argument(
@@ -112,4 +114,5 @@ def add_commands(sub) -> None:
     rationales.add_argument("--max-queries", type=int)
     rationales.add_argument("--max-new-tokens", type=int, default=64)
     rationales.add_argument("--batch-size", type=int, default=8)
+    add_device(rationales)
     rationales.set_defaults(func=cmd_latent_rationales)
