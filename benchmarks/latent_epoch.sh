@@ -2,7 +2,8 @@
 # The latent view's open question at a real budget: the full LaSER method against contrastive only, each trained
 # for one epoch over all of coqa-train (5,043 turns) on one device, both scored on all of coqa-dev with saved runs,
 # then a paired t-test (docs/latent.md, "What a GPU would settle"). Meant for a machine with a GPU: on the 2-core
-# CPU of docs/latent.md one epoch is 9-18 h per adapter. The two trainings, then the two evaluations, run at once.
+# CPU of docs/latent.md one epoch at these windows is about 23 h per adapter. The two trainings, then the two
+# evaluations, run at once.
 #   DEVICE=cuda bash benchmarks/latent_epoch.sh
 #   DEVICE=cpu N=8 EVAL_QUERIES=10 DEV=/tmp/small-dev bash benchmarks/latent_epoch.sh   # the same steps, tiny
 # Settings (environment): DEVICE (auto), TRAIN / DEV data folders, N training queries (empty: all), SEED (0),
