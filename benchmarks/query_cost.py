@@ -25,8 +25,8 @@ import torch
 
 from native_retriever import NativeEmbedder
 from native_retriever.data import load_data
-from native_retriever.embedder import token_states
 from native_retriever.models import load_llm
+from native_retriever.states import token_states
 from native_retriever.teacher import Teacher
 
 

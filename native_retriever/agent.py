@@ -5,7 +5,6 @@
   appended as a tool result in the model's chat template. The conversation is never prefilled twice.
 - ``classic_turn``: generate-then-encode (the LLM writes a standalone query, the teacher encodes it), then a new
   prompt with the passages in front is prefilled and answered.
-- ``generate_answer`` / ``generate_query``: the plain helpers the CLI and the evaluation use.
 """
 
 from __future__ import annotations
@@ -37,49 +36,6 @@ def answer_messages(messages: Sequence, hits: Sequence[SearchHit]) -> list[dict]
     passages = "\n".join(f"[{n}] {hit.text}" for n, hit in enumerate(hits, 1))
     conversation = [m for m in validate_conversation(messages) if m["role"] != "system"]
     return [{"role": "system", "content": f"{ANSWER_SYSTEM_PROMPT}\n{passages}"}, *conversation]
-
-
-def generate_answer(model, tokenizer, messages: Sequence, hits: Sequence[SearchHit], max_new_tokens: int = 48) -> str:
-    """Greedy answer of the agent LLM to the last question, grounded in ``hits``."""
-    return generate_text(model, tokenizer, answer_messages(messages, hits), max_new_tokens)
-
-
-def generate_text(model, tokenizer, messages: Sequence[dict], max_new_tokens: int) -> str:
-    """Greedy continuation of a chat after the generation prompt, decoded without special tokens."""
-    return generate_texts(model, tokenizer, [messages], max_new_tokens)[0]
-
-
-@torch.inference_mode()
-def generate_texts(model, tokenizer, chats: Sequence[Sequence[dict]], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of several chats in one left-padded batch."""
-    prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in chats]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    batch = batch.to(next(model.parameters()).device)
-    out = model.generate(
-        **batch,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    return [
-        text.strip() for text in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    ]
-
-
-def generate_query(model, tokenizer, messages: Sequence, max_new_tokens: int = 32) -> str:
-    """The agent LLM rewrites the last turn into a standalone search query (greedy; generate-then-encode)."""
-    return generate_queries(model, tokenizer, [messages], max_new_tokens)[0]
-
-
-def generate_queries(model, tokenizer, conversations: Sequence[Sequence], max_new_tokens: int = 32) -> list[str]:
-    """Standalone search queries for several conversations, generated in one batch."""
-    chats = [rewrite_messages(messages) for messages in conversations]
-    return [clean_query(text) for text in generate_texts(model, tokenizer, chats, max_new_tokens)]
 
 
 # -- one RAG turn on one KV cache ------------------------------------------------------------------------------------

@@ -27,11 +27,8 @@ import torch
 
 from .compat import call_cache
 from .conversation import EncodedConversation
-from .errors import NativeRetrieverError
-
-
-class CaptureError(NativeRetrieverError, RuntimeError):
-    """A capture was misused: no prefill observed, a prompt that is not the head's format, a reused capture."""
+from .errors import CaptureError
+from .states import pad_states, select_tokens
 
 
 @dataclass
@@ -239,8 +236,6 @@ class ConversationCapture(HiddenStateCapture):
         formatted conversation (enough for heads that read all tokens or the last one). ``queries``: generated
         search queries appended to each conversation (heads in ``query`` mode).
         """
-        from .embedder import pad_states, select_tokens
-
         prefill = self.require_prefill()
         config = self.embedder.head.config
         rows = prefill.rows()

@@ -138,8 +138,7 @@ def cmd_train_head(args) -> None:
     """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
     from .conversation import PromptFormat
     from .data import RetrievalData, load_data, passage_queries
-    from .embedder import llm_info
-    from .models import cache_dir, load_llm
+    from .models import cache_dir, llm_info, load_llm
     from .teacher import Teacher
     from .training.cache import cache_hidden_states, teacher_vectors
     from .training.trainer import Split, TrainConfig, head_config, train_head

@@ -41,3 +41,11 @@ class DeviceError(NativeRetrieverError, ValueError):
 
 class InvalidArgumentError(NativeRetrieverError, ValueError):
     """An argument is outside what the function accepts (an unknown system or test, a value out of range)."""
+
+
+class CaptureError(NativeRetrieverError, RuntimeError):
+    """A capture was misused: no prefill observed, a prompt that is not the head's format, a reused capture."""
+
+
+class LatentConfigError(NativeRetrieverError, ValueError):
+    """A latent-view setting is out of range (K < 1, a non-positive temperature, a LoRA rank < 1)."""

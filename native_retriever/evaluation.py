@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .agent import generate_queries
 from .errors import DataFormatError, InvalidArgumentError
+from .generation import generate_queries
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
 

@@ -218,3 +218,15 @@ def llm_fingerprint(model) -> list[float]:
 def fingerprints_match(a: list[float], b: list[float], rtol: float = 2e-2, atol: float = 1e-3) -> bool:
     """True when two fingerprints are the same model's (tolerant of dtype rounding)."""
     return len(a) == len(b) and all(abs(x - y) <= atol + rtol * abs(y) for x, y in zip(a, b))
+
+
+def llm_info(model) -> dict:
+    """The identity of an LLM as recorded in (and checked against) head configs."""
+    config = model.config
+    return {
+        "name": llm_name(model),
+        "hidden_size": int(config.hidden_size),
+        "num_layers": int(config.num_hidden_layers),
+        "vocab_size": int(config.vocab_size),
+        "fingerprint": llm_fingerprint(model),
+    }

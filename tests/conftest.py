@@ -191,8 +191,8 @@ def teacher():
 
 @pytest.fixture(scope="session")
 def tiny_head_factory(tiny_llm, teacher):
-    from native_retriever.embedder import llm_info
     from native_retriever.heads import HeadConfig, ProjectionHead
+    from native_retriever.models import llm_info
 
     llm = llm_info(tiny_llm)
 

@@ -16,7 +16,6 @@ from native_retriever.agent import (
     classic_turn,
     continue_greedy,
     formatted_messages,
-    generate_query,
     native_turn,
     passage_overlap,
     prefill,
@@ -24,6 +23,7 @@ from native_retriever.agent import (
 )
 from native_retriever.embedder import NativeEmbedder
 from native_retriever.errors import ConversationError
+from native_retriever.generation import generate_query
 from native_retriever.index import SearchHit, VectorIndex
 
 CONVERSATION = [
@@ -44,7 +44,7 @@ def llm(make_tiny_llm, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def embedder(llm, tiny_tokenizer, tiny_head_factory, teacher):
-    from native_retriever.embedder import llm_info
+    from native_retriever.models import llm_info
 
     head = tiny_head_factory("attention")
     head.config.llm = llm_info(llm)
@@ -109,7 +109,7 @@ def test_native_turn_prefills_every_prompt_token_once(embedder, index, llm):
 
 def test_window_cut_conversations_continue_the_kept_messages(llm, tiny_tokenizer, tiny_head_factory, teacher, index):
     head = tiny_head_factory("attention", prompt_format={"system_prompt": "Be brief.", "max_tokens": 60})
-    from native_retriever.embedder import llm_info
+    from native_retriever.models import llm_info
 
     head.config.llm = llm_info(llm)
     small = NativeEmbedder(llm, tiny_tokenizer, head=head, teacher=teacher)

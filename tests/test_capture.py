@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from native_retriever.capture import CaptureError, HiddenStateCapture
+from native_retriever.capture import HiddenStateCapture
 from native_retriever.embedder import DEFAULT_HEAD, NativeEmbedder
+from native_retriever.errors import CaptureError
 from native_retriever.heads import ProjectionHead
 
 CONVERSATIONS = [

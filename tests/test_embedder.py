@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from native_retriever.embedder import NativeEmbedder, llm_info
+from native_retriever.embedder import NativeEmbedder
 from native_retriever.errors import DataFormatError, DimensionMismatchError, IncompatibleHeadError
+from native_retriever.models import llm_info
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What can I see at the Zorblat festival?"}],

@@ -152,7 +152,7 @@ def test_config_rejects_unknown_choices():
 
 # -- compatibility --------------------------------------------------------------------------------------------
 def test_check_compatible_accepts_the_same_llm_and_teacher(tiny_head_factory, tiny_llm, teacher):
-    from native_retriever.embedder import llm_info
+    from native_retriever.models import llm_info
 
     head = tiny_head_factory("linear")
     head.check_compatible(llm=llm_info(tiny_llm), teacher=teacher.info)
@@ -162,7 +162,7 @@ def test_check_compatible_accepts_the_same_llm_and_teacher(tiny_head_factory, ti
 
 
 def test_check_compatible_refuses_another_llm_fingerprint(tiny_head_factory, make_tiny_llm):
-    from native_retriever.embedder import llm_info
+    from native_retriever.models import llm_info
 
     head = tiny_head_factory("linear")
     other = {**head.config.llm, "name": "other-llm"}

@@ -12,10 +12,22 @@ import pytest
 import torch
 
 from native_retriever.conversation import encode_document
-from native_retriever.errors import ConversationError, DataFormatError, HeadFileError, IncompatibleHeadError
+from native_retriever.errors import (
+    ConversationError,
+    DataFormatError,
+    HeadFileError,
+    IncompatibleHeadError,
+    LatentConfigError,
+)
 from native_retriever.latent import LatentConfig, LatentEmbedder, LatentEncoder
-from native_retriever.latent.config import LatentConfigError
-from native_retriever.latent.encoder import latent_states, latent_states_uncached, left_pad, soft_token
+from native_retriever.latent.encoder import (
+    check_k,
+    decoder_of,
+    latent_states,
+    left_pad,
+    positions,
+    soft_token,
+)
 from native_retriever.latent.losses import InfoNCE, ScoreDistillation, TrajectoryAlignment, boundary_steps
 from native_retriever.latent.training import (
     Example,
@@ -31,6 +43,23 @@ CONVERSATION = [
     {"role": "assistant", "content": "It is a spring festival."},
     {"role": "user", "content": "What can I see there?"},
 ]
+
+
+def latent_states_uncached(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, temperature: float = 1.0
+) -> torch.Tensor:
+    """The test oracle: :func:`latent_states` by full recomputation at every step, without a cache."""
+    check_k(k)
+    decoder = decoder_of(model)
+    embeds, mask, states = model.get_input_embeddings()(input_ids), attention_mask, []
+    for step in range(k):
+        out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
+        hidden = out.last_hidden_state[:, -1]
+        states.append(hidden)
+        if step < k - 1:
+            embeds = torch.cat([embeds, soft_token(model, hidden, temperature).unsqueeze(1)], dim=1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+    return torch.stack(states, dim=1)
 
 
 def randomize_lora(encoder: LatentEncoder, seed: int = 0, scale: float = 0.2) -> None:
@@ -455,7 +484,7 @@ def test_cli_latent_rationales_cache_and_use(tiny_llm_folder, tiny_data_folder, 
 
 @pytest.mark.slow
 def test_real_smollm2_latent_view_beside_the_agent():
-    from native_retriever.agent import generate_text
+    from native_retriever.generation import generate_text
     from native_retriever.models import load_llm
 
     model, tokenizer = load_llm()

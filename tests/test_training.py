@@ -12,9 +12,10 @@ import torch.nn.functional as F
 import native_retriever.training.cache as cache_mod
 from native_retriever.conversation import PromptFormat, encode_conversation
 from native_retriever.data import load_data, passage_queries
-from native_retriever.embedder import llm_info, token_states
 from native_retriever.errors import NativeRetrieverError
 from native_retriever.heads import ProjectionHead
+from native_retriever.models import llm_info
+from native_retriever.states import token_states
 from native_retriever.training.cache import cache_hidden_states, load_hidden_states, target_text, teacher_vectors
 from native_retriever.training.losses import AlignmentLoss, ContrastiveLoss, RankDistillationLoss
 from native_retriever.training.trainer import Split, TrainConfig, _spans, dev_metrics, head_config, train_head

@@ -55,8 +55,8 @@ def cmd_latent_rationales(args) -> None:
     """Write (and extend) a cache of rationales produced by a local instruct model, one JSON line per query."""
     from tqdm.auto import tqdm
 
-    from ..agent import generate_texts
     from ..data import load_data
+    from ..generation import generate_texts
     from ..models import load_llm
 
     data = load_data(args.data)

@@ -7,17 +7,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import HeadFileError, NativeRetrieverError
+from ..errors import HeadFileError, LatentConfigError
 from ..files import check_identity, read_config
 
 LATENT_FORMAT = "native-retriever-latent"
 CONFIG_NAME = "latent_config.json"
 # All attention and MLP projections of Llama-style models (SmolLM2, Qwen2, Llama, Mistral).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class LatentConfigError(NativeRetrieverError, ValueError):
-    """A latent-view setting is out of range (K < 1, a non-positive temperature, a LoRA rank < 1)."""
 
 
 @dataclass

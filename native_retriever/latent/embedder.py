@@ -50,12 +50,6 @@ class LatentEmbedder:
     def dimension(self) -> int:
         return self.encoder.dimension
 
-    @property
-    def info(self) -> dict:
-        """Identity of the document encoder, for an index's info: vectors only match the same adapter and K."""
-        config = self.encoder.config
-        return {"name": f"latent:{config.llm.get('name')}", "dim": self.dimension, "k": self.k, "llm": config.llm}
-
     def embed_conversations(
         self, conversations: Sequence[Sequence], batch_size: int = 8, show_progress: bool | None = None
     ) -> np.ndarray:

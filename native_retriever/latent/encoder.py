@@ -86,23 +86,6 @@ def latent_states(
     return torch.stack(states, dim=1)
 
 
-def latent_states_uncached(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, temperature: float = 1.0
-) -> torch.Tensor:
-    """The same as :func:`latent_states` by full recomputation at every step, without a cache (the reference)."""
-    check_k(k)
-    decoder = decoder_of(model)
-    embeds, mask, states = model.get_input_embeddings()(input_ids), attention_mask, []
-    for step in range(k):
-        out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
-        hidden = out.last_hidden_state[:, -1]
-        states.append(hidden)
-        if step < k - 1:
-            embeds = torch.cat([embeds, soft_token(model, hidden, temperature).unsqueeze(1)], dim=1)
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-    return torch.stack(states, dim=1)
-
-
 def pool(states: torch.Tensor) -> torch.Tensor:
     """The embedding: L2-normalised mean over the K steps, in fp32: (B, K, H) -> (B, H)."""
     return F.normalize(states.float().mean(dim=1), dim=-1)
@@ -146,7 +129,7 @@ class LatentEncoder:
         """Inject a fresh (identity at start) LoRA adapter into ``model`` and record the base LLM's identity."""
         from peft import get_peft_model
 
-        from ..embedder import llm_info
+        from ..models import llm_info
 
         config = config or LatentConfig()
         config.llm = llm_info(model)  # before injection: the base weights' identity
@@ -162,7 +145,7 @@ class LatentEncoder:
         """Load a trained adapter folder onto the agent's model; another base LLM is refused naming the field."""
         from peft import PeftModel
 
-        from ..embedder import llm_info
+        from ..models import llm_info
 
         folder = Path(folder)
         config = LatentConfig.load(folder)

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from ..conversation import EncodedConversation, PromptFormat, encode_conversation
 from ..data import RetrievalData
-from ..embedder import llm_info, token_states
 from ..errors import NativeRetrieverError
-from ..models import fingerprints_match
+from ..models import fingerprints_match, llm_info
+from ..states import token_states
 from ..teacher import Teacher
 
 

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from ..conversation import PromptFormat
 from ..data import RetrievalData
-from ..embedder import pad_states, select_tokens
 from ..evaluation import retrieval_metrics, top_k_run
 from ..heads import HeadConfig, ProjectionHead
+from ..states import pad_states, select_tokens
 from .cache import HiddenStateCache
 from .losses import AlignmentLoss, ContrastiveLoss, RankDistillationLoss
 

@@ -1,0 +1,65 @@
+"""Token states of a prefill and the span a head reads: what the embedder, capture and training share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .conversation import EncodedConversation
+
+
+@torch.inference_mode()
+def token_states(model, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
+    """One prefill of each token sequence (right-padded batch); returns (T_i, H) states per sequence.
+
+    Layer -1 is the final (normed) output; other indices select ``hidden_states[i]``; several are averaged.
+    """
+    device = next(model.parameters()).device
+    longest = max(len(ids) for ids in sequences)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    input_ids = torch.full((len(sequences), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    want_all = list(layers) != [-1]
+    out = model.base_model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        output_hidden_states=want_all,
+        use_cache=False,
+    )
+    if want_all:
+        picked = [out.last_hidden_state if i == -1 else out.hidden_states[i] for i in layers]
+        hidden = torch.stack(picked).mean(0)
+    else:
+        hidden = out.last_hidden_state
+    return [hidden[row, : len(ids)] for row, ids in enumerate(sequences)]
+
+
+def select_tokens(encoded: EncodedConversation, tokens: str, limit: int) -> tuple[int, int]:
+    """The [start, end) token span a head reads, at most ``limit`` tokens, the most recent kept."""
+    end = encoded.query[0] if encoded.query else len(encoded.input_ids)
+    if tokens == "query":
+        if encoded.query is None:
+            raise ValueError("This head reads generated search-query tokens; use embed_generated_query.")
+        start, end = encoded.query
+    elif tokens == "last_user":
+        start, end = encoded.last_user
+    elif tokens == "last":
+        start = end - 1
+    else:
+        start = 0
+    return max(start, end - limit), end
+
+
+def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (T_i, H) tensors left-aligned into (B, T, H) with a boolean mask."""
+    longest = max(s.shape[0] for s in states)
+    batch = states[0].new_zeros((len(states), longest, states[0].shape[1]))
+    mask = torch.zeros((len(states), longest), dtype=torch.bool, device=states[0].device)
+    for row, s in enumerate(states):
+        batch[row, : s.shape[0]] = s
+        mask[row, : s.shape[0]] = True
+    return batch, mask
