@@ -117,16 +117,6 @@ def cmd_chat(args) -> None:
         messages.append({"role": "assistant", "content": result.answer})
 
 
-def cmd_bench_latency(args) -> None:
-    """Latency of native retrieval vs generate-then-encode, side by side (``native_retriever.bench_latency``)."""
-    from . import bench_latency as module
-
-    argv = ["--data", args.data, "--per-length", str(args.per_length), "--repeats", str(args.repeats)]
-    argv += ["--answer-tokens", str(args.answer_tokens)] + (["--output", args.output] if args.output else [])
-    argv += ["--corpus-vectors", args.corpus_vectors] if args.corpus_vectors else []
-    module.main(argv + (["--no-memory"] if args.no_memory else []))
-
-
 def _per_folder(values: list, folders: list[str], flag: str) -> list:
     """``values`` given once for all ``folders`` or once per folder, as one value per folder."""
     if len(values) not in (1, len(folders)):
@@ -330,16 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(chat)
     chat.set_defaults(func=cmd_chat)
 
-    bench = sub.add_parser("bench", help="benchmarks (latency: native retrieval vs generate-then-encode)")
-    latency = bench.add_subparsers(dest="bench", required=True).add_parser("latency", help="side-by-side latency")
-    latency.add_argument("--output", help="JSON file to write (docs/performance.json)")
-    latency.add_argument("--data", default="../shared/data/coqa-dev", help="data folder of conversations and corpus")
-    latency.add_argument("--per-length", type=int, default=6, help="conversations per length bucket")
-    latency.add_argument("--repeats", type=int, default=20, help="repetitions of the cheap steps")
-    latency.add_argument("--answer-tokens", type=int, default=32)
-    latency.add_argument("--corpus-vectors", help="teacher vectors of the corpus (.npy) instead of encoding it")
-    latency.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    latency.set_defaults(func=cmd_bench_latency)
 
     train = sub.add_parser("train-head", help="train a projection head on data folders (docs/data-format.md)")
     train.add_argument("--train", nargs="+", required=True, help="training data folders")

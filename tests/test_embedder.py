@@ -170,10 +170,13 @@ def test_single_query_prints_nothing(embedder, capfd):
     assert out == "" and err == ""
 
 
-def test_generate_query_returns_a_string(embedder):
+def test_generate_query_is_the_greedy_rewrite_of_the_last_turn(embedder):
+    from native_retriever.conversation import clean_query, rewrite_messages
+    from native_retriever.generation import generate_text
+
     query = embedder.generate_query(CONVERSATIONS[1], max_new_tokens=4)
-    assert isinstance(query, str)
-    assert "\n" not in query
+    rewrite = generate_text(embedder.model, embedder.tokenizer, rewrite_messages(CONVERSATIONS[1]), max_new_tokens=4)
+    assert query == clean_query(rewrite) and "\n" not in query
 
 
 def test_embedding_does_not_switch_the_model_to_train_mode_or_track_grads(embedder):
