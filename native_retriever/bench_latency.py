@@ -50,12 +50,14 @@ LENGTH_TARGETS = (64, 192, 400)  # formatted conversation tokens: short, medium,
 
 
 def summary(samples) -> dict:
+    """p50 and p95 of `samples` (milliseconds) and their count."""
     values = np.asarray(samples, dtype=float)
     p50, p95 = np.percentile(values, [50, 95])
     return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3), "n": int(values.size)}
 
 
 def timed_ms(fn, *args) -> tuple[object, float]:
+    """Call `fn(*args)` and return its result with the wall time it took, in milliseconds."""
     start = time.perf_counter()
     out = fn(*args)
     return out, 1000 * (time.perf_counter() - start)
@@ -224,6 +226,7 @@ def memory_probe(mode: str, data_dir: str, index_dir: str, turns: int) -> dict:
 
 
 def run_probe(mode: str, data_dir: str, index_dir: Path, turns: int) -> dict:
+    """Run one probe subprocess of the benchmark in `mode` and return its parsed JSON report."""
     command = [
         sys.executable,
         "-m",
@@ -243,10 +246,12 @@ def run_probe(mode: str, data_dir: str, index_dir: Path, turns: int) -> dict:
 
 
 def ratio(a: float, b: float) -> float:
+    """`a / b` rounded to two decimals (infinity when `b` is zero)."""
     return round(a / b, 2) if b else float("inf")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    """Run the latency benchmark from the command line; return the report (None for a probe)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/coqa-dev")
     parser.add_argument("--output", help="JSON file to write (e.g. docs/performance.json)")
