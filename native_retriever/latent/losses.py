@@ -1,4 +1,4 @@
-"""LaSER's losses over unit vectors and a batch of document vectors (DESIGN.md section 1)."""
+"""LaSER's losses over unit vectors and a batch of document vectors (arXiv:2603.01425)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ EXPLICIT_LAYOUTS = ("reply", "closed")
 
 @dataclass
 class LatentTrainConfig:
-    """Everything that shapes a latent adapter and its training (defaults from DESIGN.md section 1)."""
+    """Everything that shapes a latent adapter and its training (defaults from LaSER, arXiv:2603.01425)."""
 
     k: int = 3
     temperature: float = 1.0  # soft-token softmax temperature

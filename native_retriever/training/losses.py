@@ -1,4 +1,4 @@
-"""The three head losses of DESIGN.md section 1, as small modules over unit vectors."""
+"""The three head losses of Jiang 2026 (arXiv:2603.08429), as small modules over unit vectors."""
 
 from __future__ import annotations
 
