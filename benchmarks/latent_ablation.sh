@@ -16,11 +16,11 @@ RUNS=${RUNS:-runs/latent}
 DATA=${DATA:-../shared/data}
 N=${N:-160}            # training queries per run (a seeded random sample of coqa-train): 40 optimizer steps
 mkdir -p "$RUNS"
-# DESIGN defaults except: lr 5e-4 (40 steps), windows 160/112/48 tokens, no accumulation (batch 4 queries).
+# Code defaults except: lr 5e-4 (40 steps), windows 160/112/48 tokens, no accumulation (batch 4 queries).
 COMMON=(--train "$DATA/coqa-train" --max-train-queries "$N" --max-tokens 160 --document-max-tokens 112
         --max-rationale-tokens 48 --batch-size 4 --grad-accum 1 --lr 5e-4 --checkpoint-every 10)
-# The full method as run here: output KL at weight 1 and trajectory alignment at weight 1 (DESIGN: 10 and 0.1,
-# the row "full, DESIGN weights").
+# The full method as run here: output KL at weight 1 and trajectory alignment at weight 1 (defaults: 10 and 0.1,
+# the row "full, default weights").
 FULL=(--distill-weight 1 --trajectory-weight 1)
 REPLY=(--explicit-layout reply)  # the ablation rows were trained in the first layout of the explicit view
 CLOSED=(--explicit-layout closed)  # the default layout, named so the runs do not depend on the default
@@ -64,7 +64,7 @@ case "${1:-train}" in
       train "contrastive-n$n" "${CONTRASTIVE[@]}"
     done
     ;;
-  top8)  # LoRA on the top 8 of 30 layers, DESIGN loss weights: 40 queries (10 steps), and the 160-query pair
+  top8)  # LoRA on the top 8 of 30 layers, default loss weights: 40 queries (10 steps), and the 160-query pair
     RUNS=$RUNS/top8
     mkdir -p "$RUNS"
     COMMON[3]=40

@@ -19,7 +19,7 @@ RUNS=${RUNS:-runs/latent-epoch}
 OUT=${OUT:-docs}
 SEED=${SEED:-0}
 mkdir -p "$RUNS" "$OUT"
-# DESIGN defaults (windows 512/256/256 tokens, LoRA r 64 / alpha 32 on all layers, K 3, temperatures), except the
+# Code defaults (windows 512/256/256 tokens, LoRA r 64 / alpha 32 on all layers, K 3, temperatures), except the
 # loss weights measured best here (output KL 1, trajectory 1) and a larger batch with its learning rate.
 COMMON=(--train "$TRAIN" --device "$DEVICE" --seed "$SEED" --batch-size "${BATCH:-16}" --grad-accum 1
         --lr "${LR:-2e-4}" --checkpoint-every 50 ${N:+--max-train-queries "$N"})

@@ -26,14 +26,14 @@ from native_retriever.models import load_llm
 
 ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh): LoRA on all layers, 160 queries
     "full": "full method (K=3; output KL and trajectory alignment at weight 1)",
-    "full-design": "full method with DESIGN's weights (output KL 10, trajectory 0.1)",
+    "full-design": "full method with the default weights (output KL 10, trajectory 0.1)",
     "no-explicit": "without the explicit view (latent InfoNCE only, K=3)",
     "no-trajectory": "without trajectory alignment",
     "no-distill": "without output distillation",
     "k1": "K=1 (no latent tokens), all losses",
     "contrastive": "contrastive only (K=1, latent InfoNCE: the paper's fair baseline)",
     "full-closed": "full method, explicit view in the closed layout",
-    "full-closed-design": "full method, closed layout, DESIGN's weights (output KL 10, trajectory 0.1)",
+    "full-closed-design": "full method, closed layout, the default weights (output KL 10, trajectory 0.1)",
     "no-trajectory-closed": "without trajectory alignment, closed layout",
     "no-distill-closed": "without output distillation, closed layout",
     "k1-closed": "K=1 (no latent tokens), all losses, closed layout",
@@ -42,7 +42,7 @@ ABLATION = {  # run folder -> what it is (see benchmarks/latent_ablation.sh): Lo
     "full-n320": "full method (closed layout), 320 training queries (80 steps)",
     "contrastive-n320": "contrastive only, 320 training queries (80 steps)",
 }
-TOP8 = {  # the earlier runs in RUNS/top8: LoRA on the top 8 of 30 layers, DESIGN's weights, 40 queries unless named
+TOP8 = {  # the earlier runs in RUNS/top8: LoRA on the top 8 of 30 layers, the default weights, 40 queries unless named
     "full": "full method (K=3)",
     "no-explicit": "without the explicit view (latent InfoNCE only, K=3)",
     "no-trajectory": "without trajectory alignment",

@@ -139,6 +139,7 @@ class HiddenStateCapture:
 
     @property
     def active(self) -> bool:
+        """Whether the hooks are installed (inside the `with` block)."""
         return bool(self._handles)
 
     # -- hooks ----------------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class HiddenStateCapture:
             self._add(hidden if hidden is not None else output[0], self.counts[self.num_layers])
 
     def require_prefill(self) -> Prefill:
+        """The observed prefill; raises CaptureError when the model ran no prefill inside the block."""
         if self.prefill is None:
             raise CaptureError(
                 "No prefill was observed: call model(...) or model.generate(...) inside the `with` block, on the "
@@ -219,6 +221,7 @@ class ConversationCapture(HiddenStateCapture):
         return super().__enter__()
 
     def close(self) -> None:
+        """Remove the hooks and release the embedder's lock."""
         super().close()
         if self._locked:
             self._locked = False

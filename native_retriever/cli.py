@@ -290,6 +290,7 @@ def _add_train_config(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `native-retriever` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="native-retriever", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `native-retriever` command line; return the exit status."""
     args = build_parser().parse_args(argv)
     from .errors import NativeRetrieverError
 

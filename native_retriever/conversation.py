@@ -34,10 +34,12 @@ class PromptFormat:
     max_tokens: int = 512
 
     def to_dict(self) -> dict:
+        """The format as a JSON-ready dict."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> PromptFormat:
+        """A format from `to_dict`'s output (unknown keys ignored)."""
         return cls(**{key: data[key] for key in ("system_prompt", "max_tokens") if key in data})
 
 

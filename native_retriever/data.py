@@ -24,6 +24,7 @@ class RetrievalData:
 
     @property
     def doc_ids(self) -> list[str]:
+        """The corpus's document ids, in corpus order."""
         return [doc["id"] for doc in self.corpus]
 
 

@@ -72,6 +72,7 @@ class NativeEmbedder:
 
     @property
     def dimension(self) -> int:
+        """Size of the vectors this embedder returns (the head's output, the teacher's dimension)."""
         return self.head.output_dim
 
     @property

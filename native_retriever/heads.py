@@ -61,10 +61,12 @@ class HeadConfig:
             raise ValueError("tokens='query' needs input_mode='query'.")
 
     def to_dict(self) -> dict:
+        """The config as a JSON-ready dict, with the head file's format name and version."""
         return {"format": HEAD_FORMAT, "version": 1, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadConfig:
+        """A config from `to_dict`'s output (unknown keys ignored)."""
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -84,6 +86,7 @@ class LinearHead(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.output_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Project the masked mean of `states` (B, T, H) under `mask` (B, T) to (B, D)."""
         return self.proj(self.norm(masked_mean(states, mask)))
 
 
@@ -101,6 +104,7 @@ class AttentionPoolHead(nn.Module):
         self.proj = nn.Linear(config.num_heads * config.hidden_size, config.output_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pool `states` (B, T, H) under `mask` (B, T) into one (B, D) vector per row."""
         batch, length = mask.shape
         if (
             batch == 1
@@ -196,6 +200,7 @@ class TransformerHead(nn.Module):
         return sums / sizes.clamp_min(1).unsqueeze(-1), used, steps
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pool `states` (B, T, H) under `mask` (B, T), encode and project to one (B, D) vector per row."""
         pooled, used, distance = self.pool(states, mask)
         hidden = self.inp(self.norm(pooled)) + self.recency(distance)
         hidden = self.encoder(hidden, src_key_padding_mask=~used)
@@ -212,10 +217,12 @@ class ProjectionHead(nn.Module):
         self.body = bodies[config.architecture](config)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit vectors (B, D) in the teacher's space from hidden states (B, T, H) and their mask (B, T)."""
         return F.normalize(self.body(states, mask).float(), dim=-1)
 
     @property
     def output_dim(self) -> int:
+        """Size of the head's output vectors (the teacher's dimension)."""
         return self.config.output_dim
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:

@@ -32,10 +32,12 @@ class Teacher:
 
     @property
     def dim(self) -> int:
+        """Dimension of the teacher's vectors."""
         return int(self.model.get_embedding_dimension())
 
     @property
     def max_tokens(self) -> int:
+        """The teacher's input window, in tokens."""
         return int(self.model.max_seq_length)
 
     @property

@@ -195,6 +195,7 @@ class NativeEmbeddings(Embeddings):
 
     @property
     def dimension(self) -> int:
+        """Size of the vectors this embedding returns."""
         return int(self.embedder.dimension)
 
     def conversation(self, history: Sequence | None) -> contextlib.AbstractContextManager[list[dict]]:
@@ -219,9 +220,11 @@ class NativeEmbeddings(Embeddings):
         return self.embedder.embed_documents(list(texts)).tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
+        """Async `embed_query`, run in a worker thread with the current conversation binding."""
         return await asyncio.to_thread(self.embed_query, text)  # copies the context: the binding goes along
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async `embed_documents`, run in a worker thread."""
         return await asyncio.to_thread(self.embed_documents, texts)
 
 

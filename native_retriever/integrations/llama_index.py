@@ -219,11 +219,13 @@ class NativeEmbedding(BaseEmbedding):
 
     @model_validator(mode="after")
     def refuse_embeddings_cache(self) -> NativeEmbedding:
+        """Refuse an embeddings cache (cached vectors would ignore the conversation)."""
         _check_no_cache(self.embeddings_cache)
         return self
 
     @classmethod
     def class_name(cls) -> str:
+        """LlamaIndex's serialisation name of this class."""
         return "NativeEmbedding"
 
     @property
@@ -237,6 +239,7 @@ class NativeEmbedding(BaseEmbedding):
 
     @property
     def dimension(self) -> int:
+        """Size of the vectors this embedding returns."""
         return int(self._embedder.dimension)
 
     def _get_query_embedding(self, query: str) -> Embedding:
@@ -370,10 +373,12 @@ class NativeRetriever(BaseRetriever):
 
     @property
     def embed_model(self) -> NativeEmbedding:
+        """The NativeEmbedding this retriever embeds queries with."""
         return self._embed_model
 
     @property
     def similarity_top_k(self) -> int:
+        """How many hits a retrieval returns."""
         return self._similarity_top_k
 
     @similarity_top_k.setter

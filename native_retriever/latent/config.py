@@ -43,14 +43,17 @@ class LatentConfig:
             raise LatentConfigError(f"LatentConfig.lora_layers={self.lora_layers}; use None (all) or >= 1.")
 
     def to_dict(self) -> dict:
+        """The config as a JSON-ready dict, with the adapter's format name and version."""
         return {"format": LATENT_FORMAT, "version": 1, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> LatentConfig:
+        """A config from `to_dict`'s output (unknown keys ignored)."""
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
 
     def save(self, folder: str | os.PathLike) -> None:
+        """Write the config as JSON into `folder`."""
         (Path(folder) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod

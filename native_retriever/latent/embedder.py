@@ -48,6 +48,7 @@ class LatentEmbedder:
 
     @property
     def dimension(self) -> int:
+        """Size of the vectors this embedder returns (the LLM's hidden size)."""
         return self.encoder.dimension
 
     def embed_conversations(

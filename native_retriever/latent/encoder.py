@@ -110,6 +110,7 @@ class LatentEncoder:
 
     @staticmethod
     def lora_config(config: LatentConfig, num_layers: int):
+        """The peft LoraConfig the latent adapter of `config` uses on a model of `num_layers` layers."""
         from peft import LoraConfig
 
         layers = None
@@ -162,6 +163,7 @@ class LatentEncoder:
 
     @property
     def dimension(self) -> int:
+        """Size of the embeddings (the LLM's hidden size)."""
         return int(self.model.config.hidden_size)
 
     @contextmanager

@@ -1,4 +1,4 @@
-"""LaSER's losses over unit vectors and a batch of document vectors (DESIGN.md section 1)."""
+"""LaSER's losses over unit vectors and a batch of document vectors (arXiv:2603.01425)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class InfoNCE(nn.Module):
     def forward(
         self, queries: torch.Tensor, docs: torch.Tensor, labels: torch.Tensor, ignore: torch.Tensor
     ) -> torch.Tensor:
+        """Mean InfoNCE loss of unit `queries` (B, D) against `docs` (C, D), positives at `labels`, `ignore` masked."""
         return F.cross_entropy(masked_logits(queries, docs, ignore, self.temperature), labels)
 
 
@@ -48,6 +49,7 @@ class ScoreDistillation(nn.Module):
     def forward(
         self, teacher: torch.Tensor, student: torch.Tensor, docs: torch.Tensor, ignore: torch.Tensor
     ) -> torch.Tensor:
+        """Mean KL(teacher || student) of the score distributions over `docs`, `ignore` masked."""
         target = F.log_softmax(masked_logits(teacher.detach(), docs.detach(), ignore, self.temperature), dim=-1)
         predicted = F.log_softmax(masked_logits(student, docs, ignore, self.temperature), dim=-1)
         # ignored columns are -inf on both sides: zero them so 0 * (-inf - -inf) does not give NaN
@@ -68,5 +70,6 @@ class TrajectoryAlignment(nn.Module):
     def forward(
         self, segments: torch.Tensor, latent: torch.Tensor, docs: torch.Tensor, ignore: torch.Tensor
     ) -> torch.Tensor:
+        """Mean score KL over the K latent steps, each against its aligned explicit boundary state."""
         steps = latent.shape[1]
         return sum(self.kl(segments[:, s], latent[:, s], docs, ignore) for s in range(steps)) / steps

@@ -39,7 +39,7 @@ EXPLICIT_LAYOUTS = ("reply", "closed")
 
 @dataclass
 class LatentTrainConfig:
-    """Everything that shapes a latent adapter and its training (defaults from DESIGN.md section 1)."""
+    """Everything that shapes a latent adapter and its training (defaults from LaSER, arXiv:2603.01425)."""
 
     k: int = 3
     temperature: float = 1.0  # soft-token softmax temperature
@@ -85,6 +85,7 @@ class LatentTrainConfig:
         return self.explicit_weight > 0 or self.distill_weight > 0 or self.trajectory_weight > 0
 
     def latent_config(self, prompt_format: PromptFormat) -> LatentConfig:
+        """The LatentConfig an adapter trained with these settings records."""
         return LatentConfig(
             k=self.k,
             temperature=self.temperature,
@@ -200,6 +201,7 @@ class ExplicitInputs:
         self.cut = 0  # rationales cut to fit the window so far
 
     def __call__(self, example: Example) -> tuple[list[int], list[int]]:
+        """Token ids of the explicit view for `example`: the prompt and the rationale, cut to the window."""
         prompt = encode_conversation(self.tokenizer, example.messages, self.prompt_format).input_ids
         text = example.rationale.strip()
         if not text:

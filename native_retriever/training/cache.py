@@ -43,6 +43,7 @@ class HiddenStateCache:
         return EncodedConversation([0] * length, tuple(self.last_user[i].tolist()), tuple(self.query[i].tolist()), 0)
 
     def example(self, i: int) -> torch.Tensor:
+        """The cached hidden states (T, H) of example `i`."""
         return self.states[self.offsets[i] : self.offsets[i + 1]]
 
     def select(self, rows: list[int]) -> HiddenStateCache:

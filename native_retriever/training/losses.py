@@ -1,4 +1,4 @@
-"""The three head losses of DESIGN.md section 1, as small modules over unit vectors."""
+"""The three head losses of Jiang 2026 (arXiv:2603.08429), as small modules over unit vectors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ class AlignmentLoss(nn.Module):
     """Cosine distance between the head's vector and the teacher's vector of the query text."""
 
     def forward(self, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean cosine distance of unit `student` vectors to unit `target` vectors."""
         return (1 - (student * target).sum(-1)).mean()
 
 
@@ -28,6 +29,7 @@ class ContrastiveLoss(nn.Module):
     def forward(
         self, student: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor, ignore: torch.Tensor
     ) -> torch.Tensor:
+        """Mean InfoNCE loss of unit `student` (B, D) against `candidates` (C, D), positives at `labels`."""
         logits = student @ candidates.T / self.temperature
         logits = logits.masked_fill(ignore, float("-inf"))
         return F.cross_entropy(logits, labels)
@@ -41,6 +43,7 @@ class RankDistillationLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, student: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Mean KL(teacher || head) of the score distributions over each query's teacher top-k `candidates`."""
         # candidates: (B, k, D) document vectors of the teacher's top-k for each query
         teacher_scores = torch.einsum("bd,bkd->bk", target, candidates) / self.temperature
         student_scores = torch.einsum("bd,bkd->bk", student, candidates) / self.temperature

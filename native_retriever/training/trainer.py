@@ -88,6 +88,7 @@ class Split:
         return Split(data, states, self.corpus, self.targets[rows])
 
     def positives(self) -> list[list[int]]:
+        """For each query, the corpus rows of its judged positive documents."""
         index = {doc_id: i for i, doc_id in enumerate(self.data.doc_ids)}
         return [[index[d] for d in self.data.qrels[qid] if d in index] for qid in self.states.ids]
 
@@ -112,6 +113,7 @@ def encode_split(head: ProjectionHead, views: list[torch.Tensor], batch_size: in
 
 
 def dev_metrics(head: ProjectionHead, views: list[torch.Tensor], dev: Split) -> dict[str, float]:
+    """Retrieval metrics of `head` on the dev split (exact search over the dev corpus)."""
     run = top_k_run(dev.states.ids, dev.data.doc_ids, encode_split(head, views), dev.corpus)
     return retrieval_metrics({qid: dev.data.qrels[qid] for qid in dev.states.ids}, run)
 
