@@ -41,3 +41,7 @@ class DeviceError(NativeRetrieverError, ValueError):
 
 class InvalidArgumentError(NativeRetrieverError, ValueError):
     """An argument is outside what the function accepts (an unknown system or test, a value out of range)."""
+
+
+class InputTypeError(NativeRetrieverError, TypeError):
+    """An argument has the wrong type (a bare string where a list of texts is expected)."""
