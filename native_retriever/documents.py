@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
-from .errors import DataFormatError
+from .errors import DataFormatError, InvalidArgumentError
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".markdown", ".rst")
 MIN_MAX_WORDS = 20
@@ -33,19 +34,20 @@ def load_folder(
     """Read every text/Markdown file under ``folder`` (recursively) and cut it into passages.
 
     Files are visited in sorted order of their path relative to ``folder``; hidden files and folders (names starting
-    with ``.``) are skipped, and so is any file that is not valid UTF-8 (with a warning naming it). Empty files
-    produce nothing.
+    with ``.``) are skipped, and so, each with a warning naming it, is any file that is not valid UTF-8, whose path
+    is not valid UTF-8, that is not a regular file (a FIFO, a socket, a device), or that is a link leading out of
+    ``folder``. Links to folders are not followed. Empty files produce nothing.
 
     Returns a list of ``{"id": "<relative path>#<n>", "text": ..., "metadata": {"source": <relative path>,
     "title": ..., "chunk": n}}`` where ``n`` counts a file's chunks from 0 and the relative path uses ``/``. A chunk's
     title is the Markdown heading it falls under, or for text before any heading the file's first heading, or the
     file name without its extension when the file has no heading.
 
-    Raises ``ValueError`` when ``max_words`` is below 20 and ``DataFormatError`` when ``folder`` is not a folder or
-    yields no passages.
+    Raises ``InvalidArgumentError`` (a ``ValueError``) when ``max_words`` is below 20 and ``DataFormatError`` when
+    ``folder`` is not a folder or yields no passages.
     """
     if max_words < MIN_MAX_WORDS:
-        raise ValueError(f"max_words must be at least {MIN_MAX_WORDS}, got {max_words}")
+        raise InvalidArgumentError(f"max_words must be at least {MIN_MAX_WORDS}, got {max_words}")
     suffixes = tuple(dict.fromkeys(_normalize_extension(ext) for ext in extensions))
     if not suffixes:
         raise ValueError("extensions is empty; pass e.g. ('.txt', '.md')")
@@ -55,8 +57,8 @@ def load_folder(
         raise DataFormatError(f"{root} {problem}; pass a folder of .txt or .md files")
 
     passages: list[dict] = []
-    skipped = 0
-    for rel in _find_files(root, suffixes):
+    files, skipped = _find_files(root, suffixes)
+    for rel in files:
         try:
             text = (root / rel).read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -85,16 +87,46 @@ def _normalize_extension(ext: str) -> str:
     return ext if ext.startswith(".") else f".{ext}"
 
 
-def _find_files(root: Path, suffixes: tuple[str, ...]) -> list[str]:
-    """Relative POSIX paths of the matching, non-hidden files under ``root``, sorted."""
+def _find_files(root: Path, suffixes: tuple[str, ...]) -> tuple[list[str], int]:
+    """Relative POSIX paths of the matching, non-hidden, readable regular files under ``root``, sorted, and how many
+    matching names were skipped (each with a warning)."""
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    skipped = 0
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):  # links to folders are listed, never entered
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         base = Path(dirpath).relative_to(root)
         for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(suffixes):
-                found.append((base / name).as_posix())
-    return sorted(found)
+            if name.startswith(".") or not name.lower().endswith(suffixes):
+                continue
+            rel = (base / name).as_posix()
+            problem = _unreadable(root / rel, rel, real_root)
+            if problem:
+                shown = os.fsencode(rel) if problem.startswith("its path") else rel
+                warnings.warn(f"skipping {shown}: {problem}", stacklevel=3)
+                skipped += 1
+            else:
+                found.append(rel)
+    return sorted(found), skipped
+
+
+def _unreadable(path: Path, rel: str, real_root: Path) -> str | None:
+    """Why the file at ``path`` must not be read (None when it may): a path that is not UTF-8 (it could not be stored
+    in the index), a link out of the folder, or something other than a regular file (reading a FIFO blocks)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its path is not valid UTF-8; rename it (e.g. with convmv) to index it"
+    try:
+        real = path.resolve(strict=True)
+        mode = os.stat(real).st_mode
+    except (OSError, RuntimeError) as exc:
+        return f"cannot be read ({exc})"
+    if not real.is_relative_to(real_root):
+        return f"it is a link to {real}, outside the folder; copy the file into the folder to index it"
+    if not stat.S_ISREG(mode):
+        return "it is not a regular file (a FIFO, socket or device)"
+    return None
 
 
 def _sections(text: str, markdown: bool) -> list[tuple[str | None, list[str]]]:

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .capture import ConversationCapture
+from .checks import text_list
 from .conversation import (
     EncodedConversation,
     PromptFormat,
@@ -180,6 +181,7 @@ class NativeEmbedder:
         self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None
     ) -> np.ndarray:
         """Document vectors from the teacher, L2-normalised like the query side: (N, D)."""
+        texts = text_list(texts, "embed_documents")
         teacher = self.teacher
         with self._document_lock:  # the teacher's tokenizer is not safe to share between threads either
             vectors = teacher.encode(texts, batch_size=batch_size, show_progress=show_progress)

@@ -49,3 +49,7 @@ class CaptureError(NativeRetrieverError, RuntimeError):
 
 class LatentConfigError(NativeRetrieverError, ValueError):
     """A latent-view setting is out of range (K < 1, a non-positive temperature, a LoRA rank < 1)."""
+
+
+class InputTypeError(NativeRetrieverError, TypeError):
+    """An argument has the wrong type (a bare string where a list of texts is expected)."""

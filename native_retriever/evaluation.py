@@ -181,6 +181,11 @@ def evaluate_systems(
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    if not data.queries:
+        raise DataFormatError(
+            f"Data {data.name!r} has no judged queries to score; load it with load_data(folder, require_judged=True) "
+            "to see why, and add qrels.tsv lines for its queries (docs/data-format.md)."
+        )
     qids = [q["id"] for q in data.queries]
     results: dict[str, dict] = {}
     generated: list[str] | None = None

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .checks import text_list
 from .conversation import history_text, validate_conversation
 from .errors import DataFormatError
 from .models import DEFAULT_TEACHER, MINILM_ALIASES, resolve_device, resolve_teacher, weight_fingerprint
@@ -48,7 +49,7 @@ class Teacher:
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts (queries or documents alike); long texts are cut at the model's window from the end."""
-        texts = list(texts)
+        texts = text_list(texts, "Teacher.encode")
         for position, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise DataFormatError(

@@ -239,3 +239,145 @@ def test_train_head_refuses_a_count_list_that_does_not_match_the_folders(
     with pytest.raises(SystemExit, match=f"{flag} takes one number, or one per --train folder"):
         main(args)
     assert not (tmp_path / "head").exists()
+
+
+# -- every argument, data file and output path is checked before any model loads ---------------------------------
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Make every model loader fail the test if called."""
+    import native_retriever.embedder
+    import native_retriever.latent
+    import native_retriever.models
+    import native_retriever.teacher
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model loaded before the arguments were checked")
+
+    monkeypatch.setattr(native_retriever.models, "load_llm", loaded)
+    monkeypatch.setattr(native_retriever.teacher.Teacher, "from_pretrained", loaded)
+    monkeypatch.setattr(native_retriever.embedder.NativeEmbedder, "from_pretrained", loaded)
+    monkeypatch.setattr(native_retriever.latent.LatentEmbedder, "from_pretrained", loaded)
+
+
+def _refused(argv: list[str], capsys, *needles) -> str:
+    """Run the command, expect exit code 2 and every needle in its error; returns the error."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refuses a bad value itself, with exit code 2
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for needle in needles:
+        assert str(needle) in err, (needle, err)
+    return err
+
+
+@pytest.fixture
+def broken_data(tiny_data_folder, tmp_path) -> Path:
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_data_folder, folder)
+    return folder
+
+
+def _add_line(path: Path, raw: bytes) -> None:
+    path.write_bytes(path.read_bytes().rstrip(b"\n") + b"\n" + raw + b"\n")
+
+
+EVAL_DAMAGE = {
+    "not-an-object": ("corpus.jsonl", b"[1, 2]", "is an array, not a JSON object"),
+    "not-utf8": ("queries.jsonl", b'{"id": "caf\xe9"}', "is not valid UTF-8"),
+    "unknown-document": ("qrels.tsv", b"q24b\t0\tno-such-doc\t1", "'no-such-doc', which is not in"),
+    "whitespace-id": ("corpus.jsonl", b'{"id": "d 1", "text": "A passage."}', "contains whitespace"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(EVAL_DAMAGE))
+def test_eval_refuses_malformed_data_before_any_model_loads(damage, broken_data, no_models, capsys):
+    name, line, message = EVAL_DAMAGE[damage]
+    _add_line(broken_data / name, line)
+    argv = ["eval", "--data", str(broken_data), "--systems", "teacher-question,native-context"]
+    _refused(argv, capsys, broken_data / name, message)
+
+
+def test_eval_refuses_a_corrupt_gzip_and_data_without_judged_queries(broken_data, no_models, capsys):
+    argv = ["eval", "--data", str(broken_data), "--systems", "teacher-question"]
+    (broken_data / "qrels.tsv").write_text("nobody 0 d1 1\n")
+    _refused(argv, capsys, broken_data / "qrels.tsv", "no judged queries")
+    (broken_data / "corpus.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    (broken_data / "corpus.jsonl").unlink()
+    _refused(argv, capsys, broken_data / "corpus.jsonl.gz", "not a readable gzip file")
+
+
+def test_eval_refuses_unwritable_output_paths_before_any_model_loads(tiny_data_folder, tmp_path, no_models, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("user data")
+    argv = ["eval", "--data", tiny_data_folder, "--systems", "teacher-question"]
+    _refused([*argv, "--output", str(blocker / "eval.json")], capsys, blocker, "is a file, not a folder")
+    _refused([*argv, "--output", str(tmp_path)], capsys, tmp_path, "is a folder")
+    _refused([*argv, "--save-runs", str(blocker)], capsys, blocker, "is an existing file")
+    _refused([*argv, "--generated-queries", str(blocker)], capsys, blocker, "not a UTF-8 JSON file")
+    assert blocker.read_text() == "user data"
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_eval_refuses_max_queries_below_one(value, tiny_data_folder, no_models, capsys):
+    argv = ["eval", "--data", tiny_data_folder, "--systems", "teacher-question", "--max-queries", value]
+    _refused(argv, capsys, "--max-queries", "must be at least 1")
+
+
+def test_compare_and_latent_rationales_check_their_output_first(tiny_data_folder, tmp_path, no_models, capsys):
+    run = tmp_path / "a.trec"
+    run.write_text("q1 Q0 d1 1 2.0 a\n")
+    argv = ["compare", str(run), str(run), "--data", tiny_data_folder, "--output", str(tmp_path)]
+    _refused(argv, capsys, tmp_path, "is a folder")
+    argv = ["latent-rationales", "--data", tiny_data_folder, "-o", str(tmp_path)]
+    _refused(argv, capsys, tmp_path, "is a folder")
+
+
+def test_index_checks_its_output_and_its_arguments_before_any_embedding(tmp_path, no_models, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Some text.")
+    existing = tmp_path / "index.txt"
+    existing.write_text("user data")
+    _refused(["index", str(docs), "-o", str(existing)], capsys, existing, "is an existing file, not a folder")
+    _refused(["index", str(docs), "-o", str(existing / "index")], capsys, existing, "is a file, not a folder")
+    _refused(["index", str(docs), "-o", str(tmp_path / "i"), "--max-words", "5"], capsys, "--max-words", "at least 20")
+    assert existing.read_text() == "user data"
+
+
+@pytest.mark.parametrize("argv", [["search", "index", "q", "-k", "0"], ["chat", "index", "-k", "-1"]])
+def test_search_and_chat_refuse_k_below_one(argv, no_models, capsys):
+    _refused(argv, capsys, "argument -k", "must be at least 1")
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    from native_retriever.cli import build_parser
+
+    def commands(parser, prefix=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, (*prefix, name))
+        yield prefix, parser
+
+    missing = []
+    for path, parser in commands(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            text = action.help or ""
+            flag = " ".join([*path, *(action.option_strings or [action.dest])])
+            if len(text.replace("(default", "").split()) < 3:
+                missing.append(f"{flag}: no description ({text!r})")
+            elif action.option_strings and not any(word in text for word in ("default", "required")):
+                missing.append(f"{flag}: says neither its default nor that it is required ({text!r})")
+            elif action.option_strings and action.required and "required" not in text:
+                missing.append(f"{flag}: does not say it is required")
+    assert not missing, "\n".join(missing)

@@ -159,3 +159,54 @@ def test_shipped_demo_corpus_and_conversation():
     assert all(isinstance(turn, str) and turn.strip() for turn in turns)
     titles = {doc["title"] for doc in corpus}
     assert all(title in titles for title in expected)
+
+
+def test_max_words_too_small_is_the_packages_argument_error(tmp_path):
+    from native_retriever.errors import InvalidArgumentError
+
+    _write(tmp_path / "a.txt", "Text.")
+    with pytest.raises(InvalidArgumentError, match="max_words must be at least 20"):
+        load_folder(tmp_path, max_words=5)
+
+
+def test_a_fifo_is_skipped_with_a_warning_instead_of_hanging(tmp_path):
+    import os
+    import signal
+
+    _write(tmp_path / "good.txt", "Fine text.")
+    os.mkfifo(tmp_path / "pipe.txt")
+
+    def hung(*_):
+        raise TimeoutError("load_folder blocked reading the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.warns(UserWarning, match=r"skipping pipe\.txt: it is not a regular file"):
+            passages = load_folder(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [p["id"] for p in passages] == ["good.txt#0"]
+
+
+def test_links_out_of_the_folder_are_not_followed(tmp_path):
+    outside = _write(tmp_path / "secret" / "passwords.txt", "Not for the index.")
+    _write(tmp_path / "docs" / "good.txt", "Fine text.")
+    (tmp_path / "docs" / "leak.txt").symlink_to(outside)
+    (tmp_path / "docs" / "inner.txt").symlink_to(tmp_path / "docs" / "good.txt")  # a link inside the folder is read
+    (tmp_path / "docs" / "folder").symlink_to(tmp_path / "secret", target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"skipping leak\.txt: it is a link to .*passwords\.txt, outside the folder"):
+        passages = load_folder(tmp_path / "docs")
+    assert [p["id"] for p in passages] == ["good.txt#0", "inner.txt#0"]
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_up_front(tmp_path):
+    import os
+
+    _write(tmp_path / "good.txt", "Fine text.")
+    _write(Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.txt")), "Latin-1 name.")
+    with pytest.warns(UserWarning, match=r"caf\\xe9\.txt.*path is not valid UTF-8; rename it"):
+        passages = load_folder(tmp_path)
+    assert [p["id"] for p in passages] == ["good.txt#0"]
+    json.dumps(passages, ensure_ascii=False).encode()  # what the index writes: no surrogates left

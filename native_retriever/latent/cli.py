@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 RATIONALE_PROMPT = (
     "Read this conversation and explain, in two or three short sentences, what its last question is really asking "
@@ -55,12 +54,13 @@ def cmd_latent_rationales(args) -> None:
     """Write (and extend) a cache of rationales produced by a local instruct model, one JSON line per query."""
     from tqdm.auto import tqdm
 
+    from ..checks import check_output_path
     from ..data import load_data
     from ..generation import generate_texts
     from ..models import load_llm
 
+    output = check_output_path(args.output, "--output", kind="file")  # before the data and the model load
     data = load_data(args.data)
-    output = Path(args.output)
     done = set()
     if output.is_file():
         done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
@@ -87,32 +87,74 @@ def cmd_latent_rationales(args) -> None:
     print(f"{len(done) + len(queries)} rationales in {output}.")
 
 
+LATENT_TRAIN_HELP = {
+    "k": "latent steps: soft tokens fed back before the embedding is read (1: the last input token only)",
+    "temperature": "softmax temperature of the soft tokens",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha (scale alpha / r)",
+    "lora_dropout": "LoRA dropout",
+    "target_modules": "comma-separated module names the LoRA adapts",
+    "lora_layers": "adapt only the top N decoder layers (0: all)",
+    "max_tokens": "conversation window in LLM tokens (latent and explicit view)",
+    "document_max_tokens": "document window in LLM tokens",
+    "max_rationale_tokens": "the explicit view's rationale window in LLM tokens; longer rationales are cut",
+    "explicit_layout": "where the explicit view embeds: closed (at the next generation prompt) or reply "
+    "(at the rationale)",
+    "latent_weight": "weight of the latent view's InfoNCE",
+    "explicit_weight": "weight of the explicit view's InfoNCE",
+    "distill_weight": "weight of the output-level KL(explicit || latent)",
+    "trajectory_weight": "weight of the trajectory alignment of the latent steps to rationale boundaries",
+    "contrastive_temperature": "temperature of the InfoNCE losses",
+    "distill_temperature": "temperature of the output-level KL",
+    "trajectory_temperature": "temperature of the trajectory alignment",
+    "batch_size": "queries per micro-batch (documents: 2 per query)",
+    "grad_accum": "micro-batches per optimizer step",
+    "epochs": "passes over the training queries",
+    "lr": "AdamW learning rate",
+    "warmup": "fraction of the optimizer steps with a linear learning-rate warm-up",
+    "weight_decay": "AdamW weight decay",
+    "clip": "gradient-norm clipping",
+    "hard_pool": "one hard negative per query, drawn from its top N BM25 (history) non-positives",
+    "checkpoint_every": "optimizer steps between checkpoints (for --resume)",
+    "seed": "random seed",
+}
+
+
 def add_commands(sub) -> None:
     """Register ``train-latent`` and ``latent-rationales`` on the main parser's subparsers."""
-    from ..cli import add_device
+    from ..cli import add_device, positive_int
     from .training import LatentTrainConfig
 
     train = sub.add_parser("train-latent", help="train a latent-view (LaSER) LoRA adapter on a data folder")
-    train.add_argument("--train", required=True, help="training data folder (docs/data-format.md)")
-    train.add_argument("--output", "-o", required=True, help="adapter folder to write")
+    train.add_argument("--train", required=True, help="training data folder, docs/data-format.md (required)")
+    train.add_argument("--output", "-o", required=True, help="adapter folder to write (required)")
     train.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct)")
-    train.add_argument("--max-train-queries", type=int, help="a random sample of N judged queries (seeded)")
+    train.add_argument(
+        "--max-train-queries", type=positive_int, help="a random sample of N judged queries, seeded (default: all)"
+    )
     train.add_argument("--rationales", help="JSONL rationale cache from `latent-rationales` (default: data fields)")
-    train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint (default: start afresh)")
     add_device(train)
     for field in dataclasses.fields(LatentTrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        train.add_argument(
-            flag, type=type(field.default), default=field.default, dest=field.name, help=f"(default {field.default})"
-        )
+        text = f"{LATENT_TRAIN_HELP.get(field.name, field.name.replace('_', ' '))} (default {field.default})"
+        train.add_argument(flag, type=type(field.default), default=field.default, dest=field.name, help=text)
     train.set_defaults(func=cmd_train_latent)
 
     rationales = sub.add_parser("latent-rationales", help="cache rationales for train-latent from a local LLM")
-    rationales.add_argument("--data", required=True)
-    rationales.add_argument("--output", "-o", required=True, help="JSONL file to write or extend")
+    rationales.add_argument("--data", required=True, help="data folder whose judged queries get rationales (required)")
+    rationales.add_argument(
+        "--output", "-o", required=True, help="JSONL file to write or extend; queries it holds are skipped (required)"
+    )
     rationales.add_argument("--llm", help="instruct LLM (default: SmolLM2-135M-Instruct)")
-    rationales.add_argument("--max-queries", type=int)
-    rationales.add_argument("--max-new-tokens", type=int, default=64)
-    rationales.add_argument("--batch-size", type=int, default=8)
+    rationales.add_argument(
+        "--max-queries", type=positive_int, help="the first N judged queries in file order (default: all)"
+    )
+    rationales.add_argument(
+        "--max-new-tokens", type=positive_int, default=64, help="most tokens of each rationale (default 64)"
+    )
+    rationales.add_argument(
+        "--batch-size", type=positive_int, default=8, help="conversations generated at once (default 8)"
+    )
     add_device(rationales)
     rationales.set_defaults(func=cmd_latent_rationales)

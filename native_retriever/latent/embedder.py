@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..checks import text_list
 from ..models import load_llm
 from .config import check_k
 from .encoder import LatentEncoder
@@ -72,6 +73,7 @@ class LatentEmbedder:
         self, texts: Sequence[str], batch_size: int = 8, show_progress: bool | None = None
     ) -> np.ndarray:
         """Document vectors from the same encoder (document format of the shared formatter): (N, D)."""
+        texts = text_list(texts, "embed_documents")
         with self._lock:
             ids = [self.encoder.document_ids(t) for t in texts]
             show = len(ids) > batch_size if show_progress is None else show_progress
