@@ -10,6 +10,7 @@ is refused rather than silently cut.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -96,45 +97,177 @@ def _with_system(messages: list[dict], fmt: PromptFormat) -> list[dict]:
     return messages
 
 
-def _render(tokenizer, messages: list[dict], query: str | None) -> EncodedConversation:
+# Private-use characters (no whitespace: a template's trim leaves them alone) mark where each content goes.
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+
+
+def _content_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int, int]]]:
+    """The rendered conversation and (message index, start, end) of every content the template wrote, in order.
+
+    The conversation is rendered twice: as it is, and with each content replaced by a marker. The markers split the
+    second render into the template's own text; walking the first render along those pieces locates each content
+    exactly (verbatim or with surrounding whitespace trimmed, as Llama-3's template does), even when it repeats text
+    that the template or another message also contains.
+    """
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    question = messages[-1]["content"]
-    question_start = text.rfind(question)
-    spans = {"last_user": (question_start, question_start + len(question))}
-    if query is not None:
-        spans["query"] = (len(text), len(text) + len(query))
-        text += query
+    opener = _MARK_OPEN
+    while any(opener in message["content"] for message in messages):
+        opener += _MARK_OPEN
+    marked = [{**message, "content": f"{opener}{i}{_MARK_CLOSE}"} for i, message in enumerate(messages)]
+    skeleton = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+    parts = re.split(f"{re.escape(opener)}([0-9]+){_MARK_CLOSE}", skeleton)
+    pieces, order = parts[0::2], [int(i) for i in parts[1::2]]  # template text around contents, which content
+    question = len(messages) - 1
+    spans: list[tuple[int, int, int]] = []
+    position = len(pieces[0]) if text.startswith(pieces[0]) else -1
+    for n, index in enumerate(order):
+        if position < 0:
+            break
+        content, after, last = messages[index]["content"], pieces[n + 1], n + 1 == len(order)
+        found = None
+        for form in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+            if text.startswith(form + after, position) and (not last or len(text) == position + len(form + after)):
+                found = len(form)
+                break
+        if found is None and index != question and after:  # a content the template rewrites: whatever it wrote
+            following = text.find(after, position)
+            found = following - position if following >= 0 else None
+        if found is None:
+            position = -1
+            break
+        spans.append((index, position, position + found))
+        position += found + len(after)
+    if position < 0 or question not in order:
+        located = position < 0 and order and index != question
+        where = f"message {index}" if located else "the current question"
+        raise ConversationError(
+            f"The chat template does not write {where}'s content verbatim (it changes more than surrounding "
+            "whitespace), so its tokens cannot be located in the rendered conversation; use a chat template that "
+            "writes each message's content as given (trimming whitespace is fine)."
+        )
+    return text, spans
+
+
+def _control_ids(tokenizer) -> set[int]:
+    """Ids of the tokenizer's special tokens (the chat template's control tokens among them)."""
+    ids = {int(i) for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
+    return ids | {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+
+
+def _tokenize(tokenizer, text: str, contents: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text`` in which the ``contents`` spans are always plain text.
+
+    The whole text is tokenized as the model expects it. Only when a special token overlaps a content (a user who
+    typed ``<|im_start|>assistant``) is the text between the template's own special tokens tokenized again with
+    special-token matching off, so user text can never become a control token (nor forge a turn).
+    """
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = encoding["offset_mapping"]
-    token_spans = {}
-    for name, (start, end) in spans.items():
-        inside = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
-        token_spans[name] = (inside[0], inside[-1] + 1) if inside else (len(offsets) - 1, len(offsets))
-    return EncodedConversation(list(encoding["input_ids"]), token_spans["last_user"], token_spans.get("query"), 0)
+    ids, offsets = list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
+    control = _control_ids(tokenizer)
+    spans = sorted(contents)
+
+    def in_content(start: int, end: int) -> bool:
+        return any(a < end and start < b for a, b in spans)  # few specials: a short scan each
+
+    template_tokens = []
+    forged = False
+    for i, (token, (start, end)) in enumerate(zip(ids, offsets)):
+        if token in control:
+            if in_content(start, end):
+                forged = True
+            else:
+                template_tokens.append(i)
+    if not forged:
+        return ids, offsets
+    segments, cursor = [], 0
+    for i in template_tokens:
+        segments.append((cursor, offsets[i][0]))
+        cursor = offsets[i][1]
+    segments.append((cursor, len(text)))
+    pieces = tokenizer(
+        [text[a:b] for a, b in segments],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        split_special_tokens=True,
+    )
+    out_ids: list[int] = []
+    out_offsets: list[tuple[int, int]] = []
+    for n, (start, _) in enumerate(segments):
+        out_ids += list(pieces["input_ids"][n])
+        out_offsets += [(a + start, b + start) for a, b in pieces["offset_mapping"][n]]
+        if n < len(template_tokens):
+            out_ids.append(ids[template_tokens[n]])
+            out_offsets.append(offsets[template_tokens[n]])
+    return out_ids, out_offsets
+
+
+def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
+    inside = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
+    return (inside[0], inside[-1] + 1) if inside else None
+
+
+def _render(tokenizer, messages: list[dict], query: str | None) -> EncodedConversation:
+    text, spans = _content_spans(tokenizer, messages)
+    contents = [(start, end) for _, start, end in spans]
+    question = max(span for span in spans if span[0] == len(messages) - 1)  # its last occurrence
+    if query is not None:
+        contents.append((len(text), len(text) + len(query)))
+        text += query
+    ids, offsets = _tokenize(tokenizer, text, contents)
+    last_user = _token_span(offsets, question[1], question[2])
+    if last_user is None:
+        raise ConversationError(
+            "The current question has no tokens in the rendered conversation; the chat template drops it. "
+            "Use a chat template that writes each message's content."
+        )
+    query_span = None
+    if query is not None:
+        query_span = _token_span(offsets, *contents[-1]) or (len(ids) - 1, len(ids))
+    return EncodedConversation(ids, last_user, query_span, 0)
 
 
 def encode_conversation(
     tokenizer, messages: Sequence, fmt: PromptFormat | None = None, query: str | None = None
 ) -> EncodedConversation:
-    """Render and tokenize a conversation (plus an optional generated search query) within the window."""
+    """Render and tokenize a conversation (plus an optional generated search query) within the window.
+
+    The cut point is searched, not stepped: the whole conversation is rendered once, and when it does not fit, the
+    shortest kept part (the question alone) first, then exponentially longer ones from the end and a bisection
+    between the last that fits and the first that does not; O(log n) renders of at most the kept part (plus one of
+    the whole). This finds the same cut as dropping the oldest turns one by one, because the rendered length never
+    grows when the oldest turns are dropped.
+    """
     fmt = fmt or PromptFormat()
     kept = _with_system(validate_conversation(messages), fmt)
-    dropped = 0
-    while True:
-        encoded = _render(tokenizer, kept, query)
-        if len(encoded.input_ids) <= fmt.max_tokens:
-            return EncodedConversation(encoded.input_ids, encoded.last_user, encoded.query, dropped)
-        first = 1 if kept[0]["role"] == "system" else 0
-        if len(kept) - first <= 1:
+    first = 1 if kept[0]["role"] == "system" else 0
+    # where the kept part may start: the whole conversation, or a later user turn (the last one is the question)
+    cuts = [first] + [i for i in range(first + 1, len(kept)) if kept[i]["role"] == "user"]
+    tried: dict[int, EncodedConversation] = {}
+
+    def fits(j: int) -> bool:
+        if j not in tried:
+            tried[j] = _render(tokenizer, kept[:first] + kept[cuts[j] :], query)
+        return len(tried[j].input_ids) <= fmt.max_tokens
+
+    last = len(cuts) - 1
+    best = 0
+    if not fits(0):
+        if not fits(last):
             raise ConversationError(
-                f"The current question alone takes {len(encoded.input_ids)} tokens with the chat template, more "
+                f"The current question alone takes {len(tried[last].input_ids)} tokens with the chat template, more "
                 f"than the window of {fmt.max_tokens}; shorten it or raise PromptFormat.max_tokens."
             )
-        del kept[first]
-        dropped += 1
-        while len(kept) - first > 1 and kept[first]["role"] != "user":
-            del kept[first]
-            dropped += 1
+        low, high, step = 0, last, 1  # cuts[low] does not fit, cuts[high] fits
+        while high - step > low and fits(high - step):
+            high -= step
+            step *= 2
+        low = max(low, high - step)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        best = high
+    encoded = tried[best]
+    return EncodedConversation(encoded.input_ids, encoded.last_user, encoded.query, cuts[best] - first)
 
 
 def history_text(messages: Sequence, last: int | None = None) -> str:
