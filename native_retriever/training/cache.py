@@ -23,6 +23,7 @@ from ..conversation import EncodedConversation, PromptFormat, encode_conversatio
 from ..data import RetrievalData
 from ..embedder import llm_info, token_states
 from ..errors import NativeRetrieverError
+from ..files import atomic_file
 from ..models import fingerprints_match
 from ..teacher import Teacher
 
@@ -114,10 +115,11 @@ def _write_shard(model, tokenizer, queries, fmt, layers, batch_size, path: Path,
         "last_user": torch.tensor([e.last_user for e in encoded]),
         "query": torch.tensor([e.query for e in encoded]),
     }
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    path.with_suffix(".json").write_text(json.dumps([q["id"] for q in queries]))
-    os.replace(tmp, path)
+    # the ids first, so that a shard on disk always has its ids beside it (each file replaced atomically)
+    with atomic_file(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps([q["id"] for q in queries]))
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_hidden_states(folder: str | os.PathLike, shards: int | None = None) -> HiddenStateCache:
