@@ -15,11 +15,15 @@ class IncompatibleHeadError(NativeRetrieverError, ValueError):
     """A head (or adapter) was trained for another LLM or teacher."""
 
 
-class HeadFileError(NativeRetrieverError, OSError):
+class FolderFileError(NativeRetrieverError, OSError):
+    """A folder the package saves or loads is missing, altered, or not one it wrote (so a save refuses it)."""
+
+
+class HeadFileError(FolderFileError):
     """A head folder is missing or its files are unreadable."""
 
 
-class IndexFileError(NativeRetrieverError, OSError):
+class IndexFileError(FolderFileError):
     """An index folder is missing or corrupt."""
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import HeadFileError
-from .files import atomic_folder, check_identity, read_config
+from .files import atomic_folder, check_identity, read_config, recover, verify_folder
 
 HEAD_FORMAT = "native-retriever-head"
 ARCHITECTURES = ("linear", "attention", "transformer")
@@ -225,17 +224,22 @@ class ProjectionHead(nn.Module):
         """Size of the head's output vectors (the teacher's dimension)."""
         return self.config.output_dim
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write ``head.safetensors`` and ``config.json`` atomically (a crash leaves the old folder intact)."""
-        with atomic_folder(folder) as tmp:
+    def save_pretrained(self, folder: str | os.PathLike, extra_files: dict[str, str] | None = None) -> None:
+        """Write ``head.safetensors``, ``config.json`` (and ``extra_files``: name -> text) atomically, with a manifest.
+
+        A crash leaves the old folder intact; a folder the package did not write is refused (HeadFileError).
+        """
+        with atomic_folder(folder, "head") as tmp:
             weights = {name: t.detach().float().cpu().contiguous() for name, t in self.state_dict().items()}
             save_file(weights, str(tmp / "head.safetensors"))
             (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ProjectionHead:
-        """Load a head folder; missing or corrupt files raise HeadFileError."""
-        folder = Path(folder)
+        """Load a head folder; missing, corrupt or altered files (sha256 of its manifest) raise HeadFileError."""
+        folder = recover(folder, "head")
         config_path, weights_path = folder / "config.json", folder / "head.safetensors"
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -252,6 +256,7 @@ class ProjectionHead(nn.Module):
             raise HeadFileError(
                 f"{weights_path} does not match {config_path} or is corrupt ({exc}); restore or retrain the head."
             ) from exc
+        verify_folder(folder, "head")  # last, so that the checks above name their own problem first
         return head.eval()
 
     def check_compatible(self, llm: dict | None = None, teacher: dict | None = None) -> None:

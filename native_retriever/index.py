@@ -12,9 +12,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +22,7 @@ import faiss
 import numpy as np
 
 from .errors import DataFormatError, DimensionMismatchError, IndexFileError, NativeRetrieverError
+from .files import MANIFEST, atomic_folder, check_output_folder, recover, verify_folder
 
 __all__ = ["SearchHit", "VectorIndex"]
 
@@ -290,72 +288,46 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the index to the folder ``path`` atomically and return it.
+        """Write the index to the folder ``path`` atomically (``files.atomic_folder``) and return it.
 
-        Files go to a temporary sibling folder first, are fsynced, and then replace ``path`` by renames;
-        if anything fails the previous folder is left as it was. A non-empty folder that is not an index
-        is never replaced.
+        A crash or error leaves the previous folder as it was; a folder the package did not write is refused
+        (IndexFileError) before anything is written. Other threads may add, delete and search meanwhile: the
+        snapshot is taken under the index's lock and written outside it.
         """
-        target = Path(os.path.abspath(path))
-        if target.exists():
-            if not target.is_dir():
-                raise IndexFileError(f"{target} exists and is not a folder; choose another index path")
-            if not (target / META_FILE).is_file() and any(target.iterdir()):
-                raise IndexFileError(
-                    f"{target} is a non-empty folder without {META_FILE}; refusing to replace it by an index"
-                )
+        target = check_output_folder(path, "index")
         try:
             info = json.loads(json.dumps(self.info, allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise NativeRetrieverError(f"index info is not JSON-serialisable: {exc}") from None
-        parent = target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-        backup: Path | None = None
-        try:
+        with self._lock.read():  # a consistent snapshot: no add/delete runs while it is taken
             data = faiss.serialize_index(self._index)
+            records = dict(self._records)
+            state = {"count": len(records), "next_row": self._next_row, "deleted_rows": sorted(self._tombstones)}
+            params = {name: getattr(self, name) for name in ("nlist", "nprobe", "hnsw_m", "ef_search")}
+            params["ef_construction"] = self.ef_construction
+        with atomic_folder(target, "index") as tmp:
             sha = {INDEX_FILE: _write_file(tmp / INDEX_FILE, [memoryview(data)])}
-            sha[RECORDS_FILE] = _write_records(tmp / RECORDS_FILE, self._records)
+            sha[RECORDS_FILE] = _write_records(tmp / RECORDS_FILE, records)
             meta = {
                 "format": FORMAT,
                 "version": VERSION,
                 "dim": self._dim,
                 "kind": self._kind,
-                "count": len(self._records),
-                "nlist": self.nlist,
-                "nprobe": self.nprobe,
-                "hnsw_m": self.hnsw_m,
-                "ef_search": self.ef_search,
-                "ef_construction": self.ef_construction,
-                "next_row": self._next_row,
-                "deleted_rows": sorted(self._tombstones),
+                "count": state["count"],
+                **params,
+                "next_row": state["next_row"],
+                "deleted_rows": state["deleted_rows"],
                 "faiss_version": faiss.__version__,
                 "info": info,
                 "sha256": sha,
             }
             _write_file(tmp / META_FILE, [json.dumps(meta, indent=2, ensure_ascii=False).encode() + b"\n"])
-            _fsync_dir(tmp)
-            if target.exists():
-                backup = parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-                os.replace(target, backup)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                if backup is not None:
-                    os.replace(backup, target)
-                raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-        _fsync_dir(parent)
         return target
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], use_gpu: bool | None = None) -> VectorIndex:
         """Read an index folder written by :meth:`save`; any problem raises IndexFileError."""
-        folder = Path(path)
+        folder = recover(path, "index")
         if not folder.is_dir():
             raise IndexFileError(
                 f"no index folder at {folder}; build one with `native-retriever index` or `VectorIndex.save`"
@@ -396,6 +368,9 @@ class VectorIndex:
         if rows and max(rows | deleted) >= meta["next_row"]:
             raise _corrupt(meta_path, "next_row is not above every stored row")
 
+        manifest = verify_folder(folder, "index", trusted=(INDEX_FILE, RECORDS_FILE))  # those two: checked above
+        if manifest and any(manifest["files"].get(name) != meta["sha256"][name] for name in (INDEX_FILE, RECORDS_FILE)):
+            raise _corrupt(meta_path, f"its sha256 entries differ from the folder's manifest ({MANIFEST})")
         nlist = base.nlist if kind == "ivf" and base.is_trained else meta["nlist"]
         obj = cls(
             dim,
@@ -551,16 +526,6 @@ def _write_records(path: Path, records: dict[str, _Record]) -> str:
         for id_, r in records.items()
     )
     return _write_file(path, lines)
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _stored_rows(index: Any) -> np.ndarray:

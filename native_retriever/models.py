@@ -17,13 +17,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import DeviceError, ModelNotFoundError
+from .files import atomic_folder
+from .files import fingerprints_match as fingerprints_match  # re-exported: it lives in files (no import circle)
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,10 @@ def _convert_smollm2(target: Path) -> None:
     model = AutoModelForCausalLM.from_config(quantized.config)
     model.load_state_dict(quantized.state_dict())
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+    with atomic_folder(target, "converted-model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{SMOLLM2_GGUF} sha256={SMOLLM2_SHA256}\n")
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_llm(name_or_path: str | os.PathLike | None = None) -> str:
@@ -213,11 +208,6 @@ def llm_fingerprint(model) -> list[float]:
     tensors = [model.get_input_embeddings().weight]
     last = [p for name, p in model.named_parameters() if name.endswith("weight") and "lora" not in name][-3:]
     return weight_fingerprint(tensors + last)
-
-
-def fingerprints_match(a: list[float], b: list[float], rtol: float = 2e-2, atol: float = 1e-3) -> bool:
-    """True when two fingerprints are the same model's (tolerant of dtype rounding)."""
-    return len(a) == len(b) and all(abs(x - y) <= atol + rtol * abs(y) for x, y in zip(a, b))
 
 
 def llm_info(model) -> dict:

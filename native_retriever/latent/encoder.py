@@ -13,7 +13,7 @@ base weights.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..compat import cache_kwargs, output_cache
 from ..conversation import PromptFormat, encode_conversation, encode_document
 from ..errors import HeadFileError
-from ..files import atomic_folder
+from ..files import atomic_folder, recover, verify_folder
 from .config import LatentConfig, check_k
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -148,7 +148,7 @@ class LatentEncoder:
 
         from ..models import llm_info
 
-        folder = Path(folder)
+        folder = recover(folder, "latent-adapter")
         config = LatentConfig.load(folder)
         for name in ADAPTER_FILES:
             if not (folder / name).is_file():
@@ -156,6 +156,7 @@ class LatentEncoder:
                     f"{folder / name} is missing; a latent adapter folder holds latent_config.json, "
                     "adapter_config.json and adapter_model.safetensors (from `native-retriever train-latent`)."
                 )
+        verify_folder(folder, "latent-adapter")
         if check_compatible:
             config.check_compatible(llm_info(model))
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
@@ -218,8 +219,13 @@ class LatentEncoder:
                 bar.update(len(rows))
         return vectors
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write the peft adapter (safetensors) and latent_config.json atomically."""
-        with atomic_folder(folder) as tmp:
+    def save_pretrained(self, folder: str | os.PathLike, write_extra: Callable[[Path], None] | None = None) -> None:
+        """Write the peft adapter (safetensors), latent_config.json (and what ``write_extra(tmp)`` adds) atomically.
+
+        A folder the package did not write is refused (HeadFileError) before anything is written.
+        """
+        with atomic_folder(folder, "latent-adapter") as tmp:
             self.peft_model.save_pretrained(str(tmp), safe_serialization=True)
             self.config.save(tmp)
+            if write_extra is not None:
+                write_extra(tmp)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..conversation import PromptFormat, encode_conversation, history_text, reply_closing_ids
 from ..data import RetrievalData
 from ..errors import DataFormatError
+from ..files import atomic_file, atomic_folder, check_output_folder, recover
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
 from .encoder import LatentEncoder, decoder_of, left_pad, pool
 from .losses import InfoNCE, ScoreDistillation, TrajectoryAlignment, boundary_steps
@@ -291,18 +292,16 @@ def save_checkpoint(folder: Path, encoder: LatentEncoder, optimizer, schedule, s
     """Adapter weights, optimizer moments and the loop's position, so training resumes where it stopped."""
     from peft import get_peft_model_state_dict
 
-    folder.mkdir(parents=True, exist_ok=True)
     adapter = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(encoder.peft_model).items()}
-    save_file(adapter, str(folder / "adapter.safetensors.tmp"))
     moments = {}
     for index, values in optimizer.state_dict()["state"].items():
         for name, value in values.items():
             moments[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    save_file(moments, str(folder / "optimizer.safetensors.tmp"))
     meta = {**state, "param_groups": optimizer.state_dict()["param_groups"], "schedule": schedule.state_dict()}
-    (folder / "state.json.tmp").write_text(json.dumps(meta, default=str))
-    for name in ("adapter.safetensors", "optimizer.safetensors", "state.json"):
-        (folder / f"{name}.tmp").replace(folder / name)
+    with atomic_folder(folder, "latent-checkpoint") as tmp:  # the three files are replaced together
+        save_file(adapter, str(tmp / "adapter.safetensors"))
+        save_file(moments, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta, default=str))
 
 
 def load_checkpoint(folder: Path, encoder: LatentEncoder, optimizer, schedule) -> dict:
@@ -347,7 +346,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     ax.legend()
     ax.set_title("latent-view training")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -369,7 +368,7 @@ def train_latent(
     """
     if not examples:
         raise DataFormatError("No training examples: every query lacked a judged passage, or the data is empty.")
-    output = Path(output)
+    output = check_output_folder(output, "latent-adapter")  # before any work: never over a user's folder
     prompt_format = PromptFormat(max_tokens=config.max_tokens)
     encoder = LatentEncoder.create(model, tokenizer, config.latent_config(prompt_format), seed=config.seed)
     explicit = ExplicitInputs(tokenizer, prompt_format, config.max_rationale_tokens, config.explicit_layout)
@@ -388,7 +387,7 @@ def train_latent(
             lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps))),
         )
         state = {"micro": 0, "step": 0, "history": [], "seconds": 0.0, "rationales_cut": 0}
-        checkpoint = output / "checkpoint"
+        checkpoint = recover(output / "checkpoint", "latent-checkpoint")
         if resume and (checkpoint / "state.json").is_file():
             state = load_checkpoint(checkpoint, encoder, optimizer, schedule)
             explicit.cut = state.get("rationales_cut", 0)
@@ -432,7 +431,8 @@ def train_latent(
                 totals = {}
                 if state["step"] % config.checkpoint_every == 0 and state["micro"] < total_micro:
                     save_checkpoint(checkpoint, encoder, optimizer, schedule, state)
-                    plot_losses(state["history"], output / "loss_curve.png")
+                    with atomic_file(output / "loss_curve.png") as curve:
+                        plot_losses(state["history"], curve)
         finally:
             bar.close()
             model.train(was_training)
@@ -445,9 +445,12 @@ def train_latent(
         "rationales_cut": state["rationales_cut"],
     }
     encoder.config.metrics = {"history": state["history"]}
-    encoder.save_pretrained(output)
-    (output / "training_log.json").write_text(json.dumps(state["history"], indent=1) + "\n")
-    plot_losses(state["history"], output / "loss_curve.png")
+
+    def write_extra(tmp: Path) -> None:
+        (tmp / "training_log.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+        plot_losses(state["history"], tmp / "loss_curve.png")
+
+    encoder.save_pretrained(output, write_extra)  # replaces the checkpoint folder too
     return encoder
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..conversation import EncodedConversation, PromptFormat, encode_conversation
 from ..data import RetrievalData
 from ..errors import NativeRetrieverError
+from ..files import atomic_file
 from ..models import fingerprints_match, llm_info
 from ..states import token_states
 from ..teacher import Teacher
@@ -115,10 +116,11 @@ def _write_shard(model, tokenizer, queries, fmt, layers, batch_size, path: Path,
         "last_user": torch.tensor([e.last_user for e in encoded]),
         "query": torch.tensor([e.query for e in encoded]),
     }
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    path.with_suffix(".json").write_text(json.dumps([q["id"] for q in queries]))
-    os.replace(tmp, path)
+    # the ids first, so that a shard on disk always has its ids beside it (each file replaced atomically)
+    with atomic_file(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps([q["id"] for q in queries]))
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_hidden_states(folder: str | os.PathLike, shards: int | None = None) -> HiddenStateCache:
