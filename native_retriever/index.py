@@ -12,8 +12,10 @@ import copy
 import hashlib
 import json
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,8 @@ class VectorIndex:
         self._index = self._new_index(self.nlist)
         self._gpu_index: Any = None
         self._exclude: Any = None
+        self._lock = _ReadWriteLock()  # searches and save's snapshot share it; add, delete and compact own it
+        self._cache_lock = threading.Lock()  # the lazily built GPU copy and tombstone selector
 
     # ------------------------------------------------------------------ properties
     @property
@@ -170,77 +174,83 @@ class VectorIndex:
         mismatches, duplicate ids or non-finite vectors, DataFormatError for empty/non-string ids or
         texts and non-JSON metadata, DimensionMismatchError for a wrong dimension.
         """
-        for name, seq in (("ids", ids), ("texts", texts)):
-            if isinstance(seq, (str, bytes)):
-                raise DataFormatError(f"{name} must be a sequence of strings, not a single string")
-        ids, texts = list(ids), list(texts)
-        metas = [None] * len(ids) if metadatas is None else list(metadatas)
-        x = self._matrix(vectors, "vectors to add")
-        if not (len(ids) == len(texts) == len(metas) == x.shape[0]):
-            raise ValueError(
-                f"add() got {len(ids)} ids, {x.shape[0]} vectors, {len(texts)} texts"
-                + ("" if metadatas is None else f" and {len(metas)} metadatas")
-                + "; they must have the same length"
-            )
-        seen: set[str] = set()
-        clean_metas: list[dict] = []
-        for id_, text, meta in zip(ids, texts, metas, strict=True):
-            if not isinstance(id_, str) or not id_:
-                raise DataFormatError(f"ids must be non-empty strings, got {id_!r}")
-            if id_ in seen or id_ in self._records:
-                where = "twice in this call" if id_ in seen else "already in the index"
-                raise ValueError(f"duplicate id {id_!r}: it is {where}; delete it first to replace it")
-            seen.add(id_)
-            if not isinstance(text, str):
-                raise DataFormatError(f"record {id_!r} has a text of type {type(text).__name__}, not str")
-            if not text.strip():
-                raise DataFormatError(f"record {id_!r} has an empty text")
-            clean_metas.append(_clean_metadata(id_, meta))
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        if bad.size:
-            raise ValueError(f"the vector of record {ids[bad[0]]!r} contains NaN or infinite values")
-        n = len(ids)
-        if n == 0:
-            return
-        if not self._index.is_trained:
-            self._train(x)
-        rows = np.arange(self._next_row, self._next_row + n, dtype=np.int64)
-        self._index.add_with_ids(x, rows)
-        for id_, text, meta, row in zip(ids, texts, clean_metas, rows.tolist(), strict=True):
-            self._records[id_] = _Record(row=row, text=text, metadata=meta)
-            self._row_to_id[row] = id_
-        self._next_row += n
-        self._changed()
+        with self._lock.write():
+            for name, seq in (("ids", ids), ("texts", texts)):
+                if isinstance(seq, (str, bytes)):
+                    raise DataFormatError(f"{name} must be a sequence of strings, not a single string")
+            ids, texts = list(ids), list(texts)
+            metas = [None] * len(ids) if metadatas is None else list(metadatas)
+            x = self._matrix(vectors, "vectors to add")
+            if not (len(ids) == len(texts) == len(metas) == x.shape[0]):
+                raise ValueError(
+                    f"add() got {len(ids)} ids, {x.shape[0]} vectors, {len(texts)} texts"
+                    + ("" if metadatas is None else f" and {len(metas)} metadatas")
+                    + "; they must have the same length"
+                )
+            seen: set[str] = set()
+            clean_metas: list[dict] = []
+            for id_, text, meta in zip(ids, texts, metas, strict=True):
+                if not isinstance(id_, str) or not id_:
+                    raise DataFormatError(f"ids must be non-empty strings, got {id_!r}")
+                if id_ in seen or id_ in self._records:
+                    where = "twice in this call" if id_ in seen else "already in the index"
+                    raise ValueError(f"duplicate id {id_!r}: it is {where}; delete it first to replace it")
+                seen.add(id_)
+                if not isinstance(text, str):
+                    raise DataFormatError(f"record {id_!r} has a text of type {type(text).__name__}, not str")
+                if not text.strip():
+                    raise DataFormatError(f"record {id_!r} has an empty text")
+                clean_metas.append(_clean_metadata(id_, meta))
+            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+            if bad.size:
+                raise ValueError(f"the vector of record {ids[bad[0]]!r} contains NaN or infinite values")
+            n = len(ids)
+            if n == 0:
+                return
+            if not self._index.is_trained:
+                self._train(x)
+            rows = np.arange(self._next_row, self._next_row + n, dtype=np.int64)
+            self._index.add_with_ids(x, rows)
+            for id_, text, meta, row in zip(ids, texts, clean_metas, rows.tolist(), strict=True):
+                self._records[id_] = _Record(row=row, text=text, metadata=meta)
+                self._row_to_id[row] = id_
+            self._next_row += n
+            self._changed()
 
     def delete(self, ids: Iterable[str] | str) -> int:
         """Delete records and return how many were removed.
 
         Unknown ids raise KeyError naming them, and then nothing is removed. A single string is one id.
         """
-        wanted = list(dict.fromkeys([ids] if isinstance(ids, str) else ids))
-        missing = [i for i in wanted if i not in self._records]
-        if missing:
-            shown = ", ".join(repr(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            raise KeyError(f"{len(missing)} unknown id(s), nothing was deleted: {shown}")
-        if not wanted:
-            return 0
-        rows = np.fromiter((self._records[i].row for i in wanted), dtype=np.int64, count=len(wanted))
-        if self._kind == "hnsw":
-            self._tombstones.update(rows.tolist())
-        else:
-            removed = self._index.remove_ids(rows)
-            if removed != len(rows):  # pragma: no cover - records and faiss out of sync
-                raise NativeRetrieverError(f"faiss removed {removed} of {len(rows)} vectors")
-        for id_, row in zip(wanted, rows.tolist(), strict=True):
-            del self._records[id_]
-            del self._row_to_id[row]
-        self._changed()
-        if len(self._tombstones) > len(self._records):
-            self.compact()
-        return len(wanted)
+        with self._lock.write():
+            wanted = list(dict.fromkeys([ids] if isinstance(ids, str) else ids))
+            missing = [i for i in wanted if i not in self._records]
+            if missing:
+                shown = ", ".join(repr(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+                raise KeyError(f"{len(missing)} unknown id(s), nothing was deleted: {shown}")
+            if not wanted:
+                return 0
+            rows = np.fromiter((self._records[i].row for i in wanted), dtype=np.int64, count=len(wanted))
+            if self._kind == "hnsw":
+                self._tombstones.update(rows.tolist())
+            else:
+                removed = self._index.remove_ids(rows)
+                if removed != len(rows):  # pragma: no cover - records and faiss out of sync
+                    raise NativeRetrieverError(f"faiss removed {removed} of {len(rows)} vectors")
+            for id_, row in zip(wanted, rows.tolist(), strict=True):
+                del self._records[id_]
+                del self._row_to_id[row]
+            self._changed()
+            if len(self._tombstones) > len(self._records):
+                self._compact()
+            return len(wanted)
 
     def compact(self) -> None:
         """Rebuild an HNSW graph without its tombstoned vectors (no-op for other kinds)."""
+        with self._lock.write():
+            self._compact()
+
+    def _compact(self) -> None:
         if self._kind != "hnsw" or not self._tombstones:
             return
         rows = faiss.vector_to_array(self._index.id_map)
@@ -257,34 +267,38 @@ class VectorIndex:
     # ------------------------------------------------------------------ search
     def search(self, query_vectors: Any, k: int = 10) -> list[list[SearchHit]]:
         """Top-``k`` hits per query, best first; a 1-d vector is one query (still a list of one list)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        q = self._matrix(query_vectors, "query vector")
-        bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
-        if bad.size:
-            raise ValueError(f"query vector {int(bad[0])} contains NaN or infinite values")
-        if not self._records or q.shape[0] == 0:
-            return [[] for _ in range(q.shape[0])]
-        fetch = min(int(k), len(self._records))
-        if self._tombstones:
-            if self._exclude is None:
-                batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
-                self._exclude = (batch, faiss.IDSelectorNot(batch))
-            params = faiss.SearchParametersHNSW(sel=self._exclude[1], efSearch=max(self.ef_search, fetch))
-            scores, rows = self._index.search(q, fetch, params=params)
-        else:
-            scores, rows = self._search_index(fetch).search(q, fetch)
-        results: list[list[SearchHit]] = []
-        for score_row, id_row in zip(scores.tolist(), rows.tolist(), strict=True):
-            hits: list[SearchHit] = []
-            for score, row in zip(score_row, id_row, strict=True):
-                id_ = self._row_to_id.get(row) if row >= 0 else None
-                if id_ is None:  # faiss padding (-1) or a tombstoned row
-                    continue
-                rec = self._records[id_]
-                hits.append(SearchHit(id=id_, text=rec.text, score=float(score), metadata=copy.deepcopy(rec.metadata)))
-            results.append(hits[:k])
-        return results
+        with self._lock.read():
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+                raise ValueError(f"k must be a positive integer, got {k!r}")
+            q = self._matrix(query_vectors, "query vector")
+            bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+            if bad.size:
+                raise ValueError(f"query vector {int(bad[0])} contains NaN or infinite values")
+            if not self._records or q.shape[0] == 0:
+                return [[] for _ in range(q.shape[0])]
+            fetch = min(int(k), len(self._records))
+            if self._tombstones:
+                with self._cache_lock:  # searches share the lock: the lazy selector is built once
+                    if self._exclude is None:
+                        batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
+                        self._exclude = (batch, faiss.IDSelectorNot(batch))
+                params = faiss.SearchParametersHNSW(sel=self._exclude[1], efSearch=max(self.ef_search, fetch))
+                scores, rows = self._index.search(q, fetch, params=params)
+            else:
+                scores, rows = self._search_index(fetch).search(q, fetch)
+            results: list[list[SearchHit]] = []
+            for score_row, id_row in zip(scores.tolist(), rows.tolist(), strict=True):
+                hits: list[SearchHit] = []
+                for score, row in zip(score_row, id_row, strict=True):
+                    id_ = self._row_to_id.get(row) if row >= 0 else None
+                    if id_ is None:  # faiss padding (-1) or a tombstoned row
+                        continue
+                    rec = self._records[id_]
+                    hits.append(
+                        SearchHit(id=id_, text=rec.text, score=float(score), metadata=copy.deepcopy(rec.metadata))
+                    )
+                results.append(hits[:k])
+            return results
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -462,6 +476,45 @@ class VectorIndex:
 
 
 # ---------------------------------------------------------------------- helpers
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds back new readers. Not re-entrant."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 _GPU_RESOURCES: Any = None
 
 

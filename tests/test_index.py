@@ -171,7 +171,7 @@ def test_save_load_round_trip(tmp_path, kind):
     idx.info["embedder"] = "teacher-x"
     idx.delete(ids[:3])
     folder = idx.save(tmp_path / "idx")
-    assert sorted(os.listdir(folder)) == ["index.faiss", "index.json", "records.jsonl"]
+    assert sorted(os.listdir(folder)) == ["index.faiss", "index.json", "native-retriever.json", "records.jsonl"]
     meta = json.loads((folder / "index.json").read_text())
     assert meta["format"] == "native-retriever-index" and meta["count"] == 597 and meta["kind"] == kind
     loaded = VectorIndex.load(folder)
