@@ -84,10 +84,12 @@ def cmd_index(args) -> None:
     """Index a folder of text or Markdown files with the teacher."""
     from .checks import check_output_path
     from .documents import load_folder
+    from .files import check_output_folder
     from .index import VectorIndex
     from .teacher import Teacher
 
     check_output_path(args.output, "--output", kind="folder", replaced=True)  # before any embedding
+    check_output_folder(args.output, "index")  # refuses a folder the package did not write
     passages = load_folder(args.folder, max_words=args.max_words)
     teacher = Teacher.from_pretrained(args.teacher, device=args.device)
     vectors = teacher.encode([p["text"] for p in passages], show_progress=True)
@@ -133,11 +135,13 @@ def cmd_train_head(args) -> None:
     """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
     from .conversation import PromptFormat
     from .data import RetrievalData, load_data, passage_queries
+    from .files import check_output_folder
     from .models import cache_dir, llm_info, load_llm
     from .teacher import Teacher
     from .training.cache import cache_hidden_states, teacher_vectors
     from .training.trainer import Split, TrainConfig, head_config, train_head
 
+    check_output_folder(args.output, "head")  # before any data or model loads
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     model, tokenizer = load_llm(args.llm, device=args.device)
     teacher = Teacher.from_pretrained(args.teacher, device=args.device)
@@ -165,8 +169,9 @@ def cmd_train_head(args) -> None:
     base = head_config(config, llm_info(model), teacher.info, fmt)
     output = Path(args.output)
     head = train_head(train, dev, config, base)
-    head.save_pretrained(output)
-    (output / "training_log.json").write_text(json.dumps(head.config.metrics["history"], indent=2))
+    head.save_pretrained(
+        output, extra_files={"training_log.json": json.dumps(head.config.metrics["history"], indent=2)}
+    )
     print(json.dumps({"output": str(output), "dev": head.config.metrics["dev"]}, indent=2))
 
 

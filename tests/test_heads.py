@@ -53,7 +53,11 @@ def test_save_load_round_trip(tiny_head_factory, tmp_path, architecture):
     head = tiny_head_factory(architecture, prompt_format={"system_prompt": "Be brief.", "max_tokens": 300})
     head.config.metrics = {"dev": {"recall@10": 0.5}}
     head.save_pretrained(tmp_path / "head")
-    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == ["config.json", "head.safetensors", "native-retriever.json"]
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == [
+        "config.json",
+        "head.safetensors",
+        "native-retriever.json",
+    ]
     loaded = ProjectionHead.from_pretrained(tmp_path / "head")
     assert not loaded.training
     for name in ("llm", "teacher", "prompt_format", "architecture", "layers", "metrics", "hidden_size", "d_model"):
