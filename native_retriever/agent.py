@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from .compat import cache_kwargs
-from .conversation import EncodedConversation, clean_query, rewrite_messages, validate_conversation
+from .conversation import EncodedConversation, clean_query, rewrite_messages, tokenize_chat, validate_conversation
 from .errors import ConversationError
 from .index import SearchHit
 
@@ -96,8 +96,7 @@ def appended_ids(tokenizer, messages: Sequence[dict], prefix_ids: Sequence[int],
     """Token ids that the chat template renders after ``prefix_ids`` for ``messages + extra`` (with a new
     generation prompt). Raises ConversationError when the render does not start with exactly ``prefix_ids``:
     then the cache of the prefix could not be continued."""
-    text = tokenizer.apply_chat_template([*messages, *extra], add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenize_chat(tokenizer, [*messages, *extra])
     if ids[: len(prefix_ids)] != list(prefix_ids):
         raise ConversationError(
             "The chat template renders the conversation with the tool result so that it does not start with the "
@@ -193,8 +192,7 @@ def classic_turn(
     answered. Timings: ``query_prefill``, ``query_generation``, ``teacher``, ``search``, ``answer_prefill``,
     ``answer`` (decoding)."""
     clock = _Clock()
-    rewrite = tokenizer.apply_chat_template(rewrite_messages(messages), add_generation_prompt=True, tokenize=False)
-    rewrite_ids = tokenizer(rewrite, add_special_tokens=False)["input_ids"]
+    rewrite_ids = tokenize_chat(tokenizer, rewrite_messages(messages))
     cache = prefill(model, rewrite_ids[:-1])
     clock.lap("query_prefill")
     query = clean_query(_finish(tokenizer, continue_greedy(model, tokenizer, rewrite_ids, cache, query_tokens)))
@@ -203,8 +201,7 @@ def classic_turn(
     clock.lap("teacher")
     hits = index.search(vector, k=k)[0]
     clock.lap("search")
-    text = tokenizer.apply_chat_template(answer_messages(messages, hits), add_generation_prompt=True, tokenize=False)
-    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    prompt = tokenize_chat(tokenizer, answer_messages(messages, hits))
     cache = prefill(model, prompt[:-1])
     clock.lap("answer_prefill")
     answer_ids = continue_greedy(model, tokenizer, prompt, cache, max_new_tokens, min_new_tokens)

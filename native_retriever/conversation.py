@@ -226,6 +226,18 @@ def _render(tokenizer, messages: list[dict], query: str | None) -> EncodedConver
     return EncodedConversation(ids, last_user, query_span, 0)
 
 
+def tokenize_chat(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Token ids of a chat rendered by the chat template with the generation prompt, every content as plain text.
+
+    For chats the head does not read as a conversation (a RAG turn's passages, the rewrite prompt, a latent-view
+    document): a passage or a user text that contains the template's control-token strings stays text. Messages may
+    have any role the template knows (``tool`` too); nothing is cut to a window.
+    """
+    chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text, spans = _content_spans(tokenizer, chat)
+    return _tokenize(tokenizer, text, [(start, end) for _, start, end in spans])[0]
+
+
 def encode_conversation(
     tokenizer, messages: Sequence, fmt: PromptFormat | None = None, query: str | None = None
 ) -> EncodedConversation:
@@ -329,8 +341,7 @@ def encode_document(tokenizer, text: str, max_tokens: int = 256) -> list[int]:
     """Token ids of a passage in the document format with the generation prompt, its text cut at the end to fit."""
 
     def render(body: str) -> list[int]:
-        chat = tokenizer.apply_chat_template(document_messages(body), tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(chat, add_special_tokens=False)["input_ids"])
+        return tokenize_chat(tokenizer, document_messages(body))
 
     ids = render(text)
     if len(ids) <= max_tokens:
@@ -338,7 +349,7 @@ def encode_document(tokenizer, text: str, max_tokens: int = 256) -> list[int]:
     budget = max_tokens - len(render(".")) + 1
     if budget < 1:
         raise ConversationError(f"The document prompt alone does not fit {max_tokens} tokens; raise the window.")
-    body = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    body = tokenizer(text.strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
     while True:  # decoding and re-encoding may merge tokens differently: shrink until it fits
         ids = render(tokenizer.decode(body[:budget]) or ".")
         if len(ids) <= max_tokens:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .conversation import clean_query, rewrite_messages
+from .conversation import clean_query, rewrite_messages, tokenize_chat
 
 
 def generate_text(model, tokenizer, messages: Sequence[dict], max_new_tokens: int) -> str:
@@ -17,13 +17,8 @@ def generate_text(model, tokenizer, messages: Sequence[dict], max_new_tokens: in
 @torch.inference_mode()
 def generate_texts(model, tokenizer, chats: Sequence[Sequence[dict]], max_new_tokens: int) -> list[str]:
     """Greedy continuations of several chats in one left-padded batch."""
-    prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in chats]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
+    prompts = [{"input_ids": tokenize_chat(tokenizer, chat)} for chat in chats]
+    batch = tokenizer.pad(prompts, padding=True, return_tensors="pt", padding_side="left")
     batch = batch.to(next(model.parameters()).device)
     out = model.generate(
         **batch,

@@ -207,7 +207,9 @@ class ExplicitInputs:
         text = example.rationale.strip()
         if not text:
             return prompt, [len(prompt) - 1]
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoding = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+        )
         ids, offsets = list(encoding["input_ids"]), encoding["offset_mapping"]
         if len(ids) > self.limit:
             if self.cut == 0:
