@@ -150,8 +150,8 @@ def test_failed_save_leaves_previous_head_intact(tiny_head_factory, tmp_path, mo
 def test_config_rejects_unknown_choices():
     with pytest.raises(ValueError, match="architecture='mlp'; use one of linear, attention, transformer"):
         HeadConfig(hidden_size=8, output_dim=4, architecture="mlp")
-    with pytest.raises(ValueError, match="tokens='query' needs input_mode='query'"):
-        HeadConfig(hidden_size=8, output_dim=4, tokens="query")
+    with pytest.raises(ValueError, match="span='query' needs input_mode='query'"):  # `tokens` is now `span`
+        HeadConfig(hidden_size=8, output_dim=4, span="query")
 
 
 # -- compatibility --------------------------------------------------------------------------------------------
