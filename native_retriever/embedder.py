@@ -48,11 +48,11 @@ class NativeEmbedder:
         self.tokenizer = tokenizer
         self.head = head if isinstance(head, ProjectionHead) else ProjectionHead.from_pretrained(head or DEFAULT_HEAD)
         if check_compatible:
-            self.head.check_compatible(llm=llm_info(model))  # identity, then the head's layers against the LLM's
-        else:
-            self.head.config.check_layers(int(model.config.num_hidden_layers), IncompatibleHeadError)
+            self.head.check_compatible(llm=llm_info(model))  # identity, sizes, then the head's layers
             if isinstance(teacher, Teacher):  # a teacher loaded by name is checked when it loads
                 self.head.check_compatible(teacher=teacher.info)
+        else:  # unchecked, but a layer the LLM does not have would fail at the first embed
+            self.head.config.check_layers(int(model.config.num_hidden_layers), IncompatibleHeadError)
         self._teacher = teacher
         self._teacher_lock = threading.Lock()
         self._lock = threading.RLock()  # one forward at a time: safe from threads and executor calls

@@ -157,10 +157,6 @@ class HeadConfig:
             raise bad("layers", "use a non-empty list of LLM hidden-state indices (ints; -1: the final normed layer)")
         check_section(HeadConfigError, "HeadConfig", "llm", self.llm, LLM_KEYS)
         check_section(HeadConfigError, "HeadConfig", "teacher", self.teacher, TEACHER_KEYS)
-        if self.llm["hidden_size"] != self.hidden_size:
-            raise bad("hidden_size", f"it does not match the LLM's (llm['hidden_size']={self.llm['hidden_size']})")
-        if self.teacher["dim"] != self.output_dim:
-            raise bad("output_dim", f"it does not match the teacher's (teacher['dim']={self.teacher['dim']})")
         self.check_layers(self.llm["num_layers"])
         check_prompt_format(HeadConfigError, "HeadConfig", self.prompt_format)
         for name in ("training", "metrics"):
@@ -404,7 +400,8 @@ class ProjectionHead(nn.Module):
     def check_compatible(self, llm: dict | None = None, teacher: dict | None = None) -> None:
         """Refuse an LLM or teacher other than the ones this head was trained for, naming the field.
 
-        The head's layers are checked against the given LLM's layer count too (IncompatibleHeadError).
+        Then the head's own sizes (``hidden_size``, ``output_dim``) and layers are checked against the given LLM's
+        and teacher's (IncompatibleHeadError).
         """
         for side, actual, expected in (
             ("LLM", llm, self.config.llm),
@@ -414,5 +411,13 @@ class ProjectionHead(nn.Module):
                 continue
             fix = f"Use the head trained for this {side}, or train one with `native-retriever train-head`."
             check_identity("head", side, actual, expected, fix)
+        config = self.config
+        sizes = (("LLM", llm, "hidden_size", "hidden_size"), ("teacher", teacher, "dim", "output_dim"))
+        for side, info, key, own in sizes:
+            if info and info.get(key) != getattr(config, own):
+                raise IncompatibleHeadError(
+                    f"HeadConfig.{own}={getattr(config, own)!r} but the {side} {info.get('name')!r} has {key} "
+                    f"{info.get(key)!r}; use the head trained for this {side}, or {_TRAIN_FIX}."
+                )
         if llm and is_int(llm.get("num_layers")):
-            self.config.check_layers(llm["num_layers"], IncompatibleHeadError)
+            config.check_layers(llm["num_layers"], IncompatibleHeadError)
