@@ -22,8 +22,9 @@ def row(folder: Path) -> str:
         if train[f"{name}_weight" if name != "align" else "align_weight"]
     )
     data = ", ".join(f"{d['name']} ({d['queries']})" for d in config["training"]["data"])
+    span = config.get("span", config.get("tokens"))  # "tokens": config version 1
     return (
-        f"| {folder.name} | {config['architecture']} | {config['tokens']} | {config['layers']} | {losses} | "
+        f"| {folder.name} | {config['architecture']} | {span} | {config['layers']} | {losses} | "
         f"{train['target']} | {dev['recall@10']:.3f} | {dev['mrr@10']:.3f} | {dev['ndcg@10']:.3f} | "
         f"{best}/{len(epochs)} | {data} |"
     )

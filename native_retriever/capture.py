@@ -243,9 +243,9 @@ class ConversationCapture(HiddenStateCapture):
         config = self.embedder.head.config
         rows = prefill.rows()
         if conversations is None:
-            if config.tokens not in ("all", "last"):
+            if config.span not in ("all", "last"):
                 raise CaptureError(
-                    f"This head reads the {config.tokens!r} tokens; pass the conversations to vectors() so their "
+                    f"This head reads the {config.span!r} tokens; pass the conversations to vectors() so their "
                     "token spans are known."
                 )
             encoded = [
@@ -269,7 +269,7 @@ class ConversationCapture(HiddenStateCapture):
         dtype = next(self.embedder.head.parameters()).dtype
         picked = []
         for row, ((positions, _), enc) in enumerate(zip(rows, encoded)):
-            start, end = select_tokens(enc, config.tokens, config.max_input_tokens)
+            start, end = select_tokens(enc, config.span, config.max_input_tokens)
             columns = positions[start:end] - prefill.offset
             if len(columns) == 0 or int(columns[0]) < 0:
                 raise CaptureError(

@@ -18,7 +18,7 @@ from .conversation import (
     PromptFormat,
     encode_conversation,
 )
-from .errors import DimensionMismatchError
+from .errors import DimensionMismatchError, IncompatibleHeadError
 from .generation import generate_query
 from .heads import ProjectionHead
 from .models import llm_info, load_llm
@@ -48,9 +48,11 @@ class NativeEmbedder:
         self.tokenizer = tokenizer
         self.head = head if isinstance(head, ProjectionHead) else ProjectionHead.from_pretrained(head or DEFAULT_HEAD)
         if check_compatible:
-            self.head.check_compatible(llm=llm_info(model))
+            self.head.check_compatible(llm=llm_info(model))  # identity, sizes, then the head's layers
             if isinstance(teacher, Teacher):  # a teacher loaded by name is checked when it loads
                 self.head.check_compatible(teacher=teacher.info)
+        else:  # unchecked, but a layer the LLM does not have would fail at the first embed
+            self.head.config.check_layers(int(model.config.num_hidden_layers), IncompatibleHeadError)
         self._teacher = teacher
         self._teacher_lock = threading.Lock()
         self._lock = threading.RLock()  # one forward at a time: safe from threads and executor calls
@@ -94,7 +96,7 @@ class NativeEmbedder:
     def head_vectors(self, states: Sequence[torch.Tensor], encoded: Sequence[EncodedConversation]) -> np.ndarray:
         """Run the head on full-sequence token states (from any prefill of the same token ids)."""
         config = self.head.config
-        spans = [select_tokens(e, config.tokens, config.max_input_tokens) for e in encoded]
+        spans = [select_tokens(e, config.span, config.max_input_tokens) for e in encoded]
         picked = [s[a:b].to(next(self.head.parameters()).dtype) for s, (a, b) in zip(states, spans)]
         batch, mask = pad_states(picked)
         with torch.inference_mode():

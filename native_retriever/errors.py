@@ -20,7 +20,11 @@ class FolderFileError(NativeRetrieverError, OSError):
 
 
 class HeadFileError(FolderFileError):
-    """A head folder is missing or its files are unreadable."""
+    """A head folder is missing, its files are unreadable, or its config is invalid (naming the file and field)."""
+
+
+class HeadConfigError(NativeRetrieverError, ValueError):
+    """A head config field has a wrong type or value (see ``HeadConfig.validate``)."""
 
 
 class IndexFileError(FolderFileError):

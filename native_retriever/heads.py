@@ -10,30 +10,109 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import HeadFileError
+from .errors import HeadConfigError, HeadFileError, IncompatibleHeadError
 from .files import atomic_folder, check_identity, read_config, recover, verify_folder
 
 HEAD_FORMAT = "native-retriever-head"
+HEAD_VERSION = 2  #: the config.json version this package writes
+#: config.json versions this package reads (1: before ``tokens`` was renamed ``span``; its files load unchanged)
+HEAD_VERSIONS = (1, 2)
+RENAMED_KEYS = {"tokens": "span"}  #: old config key -> its name now (read from any version)
 ARCHITECTURES = ("linear", "attention", "transformer")
-TOKEN_SELECTIONS = ("all", "last_user", "last", "query")
 INPUT_MODES = ("context", "query")
+SPANS = ("all", "last_user", "last", "query")
+#: Required keys of a config's identity sections and their types (``check_identity`` compares them at bind time).
+LLM_KEYS: dict[str, type] = {"name": str, "hidden_size": int, "num_layers": int, "vocab_size": int, "fingerprint": list}
+TEACHER_KEYS: dict[str, type] = {"name": str, "dim": int, "fingerprint": list}
+PROMPT_FORMAT_KEYS = ("system_prompt", "max_tokens")
+_TRAIN_FIX = "retrain the head (`native-retriever train-head`)"
+
+
+def is_int(value: object) -> bool:
+    """True for an int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """True for an int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_section(error: type[Exception], owner: str, name: str, value: object, keys: dict[str, type]) -> None:
+    """Refuse an identity section (``llm`` / ``teacher``) that is not a dict with ``keys`` of their types."""
+    shown = ", ".join(keys)
+    if not isinstance(value, dict) or not value:
+        raise error(
+            f"{owner}.{name}={value!r}; it must record the {name} the model was trained for ({shown}), or it "
+            f"would run unchecked on any {name}: restore the saved config or train again."
+        )
+    for key, kind in keys.items():
+        item = value.get(key)
+        ok = (
+            isinstance(item, list) and bool(item) and all(is_number(x) for x in item)
+            if kind is list
+            else (is_int(item) and item > 0 if kind is int else isinstance(item, kind))
+        )
+        if not ok:
+            what = {list: "a non-empty list of numbers", int: "a positive int", str: "a string"}[kind]
+            raise error(f"{owner}.{name}[{key!r}]={item!r}; it must be {what} ({name} needs {shown}).")
+
+
+def check_prompt_format(error: type[Exception], owner: str, value: object) -> None:
+    """Refuse a prompt format that ``PromptFormat.from_dict`` would misread (unknown keys, wrong types)."""
+    fix = "use {'system_prompt': None or a string, 'max_tokens': a positive int} (either key may be left out)"
+    if not isinstance(value, dict):
+        raise error(f"{owner}.prompt_format={value!r}; {fix}.")
+    unknown = sorted(set(value) - set(PROMPT_FORMAT_KEYS))
+    system, window = value.get("system_prompt"), value.get("max_tokens", 1)
+    if unknown or not (system is None or isinstance(system, str)) or not (is_int(window) and window > 0):
+        raise error(f"{owner}.prompt_format={value!r}; {fix}.")
+
+
+def check_keys(error: type[Exception], owner: str, data: dict, known: set[str]) -> None:
+    """Refuse keys a config does not have: a typo, or a file written by a newer native-retriever."""
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(
+            f"{owner} has unknown keys {', '.join(map(repr, unknown))}; remove them if they are typos, or upgrade "
+            "native-retriever if a newer version wrote the file."
+        )
+
+
+def check_version(error: type[Exception], what: str, data: dict, versions: tuple[int, ...]) -> None:
+    """Refuse a config whose ``version`` is missing or one this package does not read (a newer package wrote it)."""
+    version = data.get("version")
+    if version not in versions or isinstance(version, bool):
+        known = ", ".join(map(str, versions))
+        raise error(
+            f"{what} config version {version!r}; this native-retriever reads version {known}. Upgrade "
+            "native-retriever (pip install -U native-retriever) to load a newer file, or restore the saved config."
+        )
 
 
 @dataclass
 class HeadConfig:
-    """Architecture and provenance of a head (the JSON half of a head folder)."""
+    """Architecture and provenance of a head (the JSON half of a head folder), validated when it is made.
+
+    ``input_mode`` is the prompt the LLM is given and so the embed call the head serves: ``context`` (the
+    conversation; ``embed_conversation``) or ``query`` (the conversation followed by a search query the LLM
+    generated; ``embed_generated_query``). ``span`` is which token states of that prompt the head reads: ``all``
+    (the conversation), ``last_user`` (the current question), ``last`` (the final token) or ``query`` (the generated
+    query's tokens, so only in input mode ``query``). Version-1 files call ``span`` ``tokens``; they load unchanged.
+    """
 
     hidden_size: int
     output_dim: int
     architecture: str = "transformer"
-    input_mode: str = "context"  # "context": the conversation; "query": generated search-query tokens
-    tokens: str = "all"  # which token states the head reads
+    input_mode: str = "context"  # the prompt: "context" (the conversation) or "query" (plus a generated query)
+    span: str = "all"  # which token states of the prompt the head reads
     layers: list[int] = field(default_factory=lambda: [-1])  # hidden_states indices, averaged; -1 = final normed
     max_input_tokens: int = 512  # the most recent tokens read
     pool_window: int = 1  # transformer: mean-pool this many consecutive tokens (counted from the end) first
@@ -41,33 +120,93 @@ class HeadConfig:
     num_layers: int = 2
     num_heads: int = 4
     dropout: float = 0.1
-    llm: dict = field(default_factory=dict)  # name, hidden_size, num_layers, vocab_size, fingerprint
-    teacher: dict = field(default_factory=dict)  # name, dim, fingerprint
-    prompt_format: dict = field(default_factory=dict)
+    llm: dict = field(default_factory=dict)  # name, hidden_size, num_layers, vocab_size, fingerprint (required)
+    teacher: dict = field(default_factory=dict)  # name, dim, fingerprint (required)
+    prompt_format: dict = field(default_factory=dict)  # PromptFormat.to_dict(): system_prompt, max_tokens
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        checks = {
-            "architecture": (self.architecture, ARCHITECTURES),
-            "tokens": (self.tokens, TOKEN_SELECTIONS),
-            "input_mode": (self.input_mode, INPUT_MODES),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"HeadConfig.{name}={value!r}; use one of {', '.join(allowed)}.")
-        if self.tokens == "query" and self.input_mode != "query":
-            raise ValueError("tokens='query' needs input_mode='query'.")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field's type and range; raises HeadConfigError naming the field, its value and the fix.
+
+        The ``llm`` and ``teacher`` sections are required (a head without them would run unchecked on any model);
+        ``layers`` are checked against ``llm["num_layers"]`` here and against the bound LLM by ``check_layers``.
+        """
+
+        def bad(name: str, fix: str) -> HeadConfigError:
+            return HeadConfigError(f"HeadConfig.{name}={getattr(self, name)!r}; {fix}.")
+
+        for name, allowed in (("architecture", ARCHITECTURES), ("input_mode", INPUT_MODES), ("span", SPANS)):
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"use one of {', '.join(allowed)}")
+        if self.span == "query" and self.input_mode != "query":
+            raise HeadConfigError("HeadConfig.span='query' needs input_mode='query' (only that prompt has a query).")
+        for name in ("hidden_size", "output_dim", "max_input_tokens", "pool_window", "d_model", "num_layers"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) > 0):
+                raise bad(name, "use a positive int")
+        if not (is_int(self.num_heads) and self.num_heads > 0):
+            raise bad("num_heads", "use a positive int")
+        if self.architecture == "transformer" and self.d_model % self.num_heads:
+            raise bad("num_heads", f"d_model={self.d_model} must be divisible by it (the transformer's heads)")
+        if not (is_number(self.dropout) and 0 <= self.dropout < 1):
+            raise bad("dropout", "use a number in [0, 1)")
+        if not (isinstance(self.layers, (list, tuple)) and self.layers and all(is_int(i) for i in self.layers)):
+            raise bad("layers", "use a non-empty list of LLM hidden-state indices (ints; -1: the final normed layer)")
+        check_section(HeadConfigError, "HeadConfig", "llm", self.llm, LLM_KEYS)
+        check_section(HeadConfigError, "HeadConfig", "teacher", self.teacher, TEACHER_KEYS)
+        self.check_layers(self.llm["num_layers"])
+        check_prompt_format(HeadConfigError, "HeadConfig", self.prompt_format)
+        for name in ("training", "metrics"):
+            if not isinstance(getattr(self, name), dict):
+                raise bad(name, "use a dict (it records provenance)")
+
+    def check_layers(self, num_layers: int, error: type[Exception] = HeadConfigError) -> None:
+        """Refuse layers outside an LLM with ``num_layers`` decoder layers (hidden_states -L-1 .. L)."""
+        outside = [i for i in self.layers if not -num_layers - 1 <= i <= num_layers]
+        if outside:
+            raise error(
+                f"HeadConfig.layers={self.layers!r}; layer {outside[0]} is outside an LLM with {num_layers} layers "
+                f"(hidden_states indices {-num_layers - 1}..{num_layers}, -1: the final normed layer). Use the head "
+                f"trained for this LLM, or {_TRAIN_FIX}."
+            )
 
     def to_dict(self) -> dict:
         """The config as a JSON-ready dict, with the head file's format name and version."""
-        return {"format": HEAD_FORMAT, "version": 1, **asdict(self)}
+        return {"format": HEAD_FORMAT, "version": HEAD_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadConfig:
-        """A config from `to_dict`'s output (unknown keys ignored)."""
-        known = set(cls.__dataclass_fields__)
-        return cls(**{key: value for key, value in data.items() if key in known})
+        """A config from `to_dict`'s output (or a version-1 file's, whose ``tokens`` is read as ``span``).
+
+        A missing or unknown ``version`` (a newer package's file) and unknown keys (a typo, or a newer file) are
+        refused with HeadConfigError, like any invalid field.
+        """
+        check_version(HeadConfigError, "Head", data, HEAD_VERSIONS)
+        data = dict(data)
+        for old, new in RENAMED_KEYS.items():
+            if old in data:
+                if new in data:
+                    raise HeadConfigError(f"HeadConfig has both {old!r} and {new!r}; keep {new!r} (the new name).")
+                data[new] = data.pop(old)
+        check_keys(HeadConfigError, "HeadConfig", data, set(cls.__dataclass_fields__) | {"format", "version"})
+        missing = [name for name in ("hidden_size", "output_dim") if name not in data]
+        if missing:
+            raise HeadConfigError(f"HeadConfig.{missing[0]} is missing; restore the saved config or {_TRAIN_FIX}.")
+        data.pop("format", None), data.pop("version", None)
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HeadConfig:
+        """Read and validate a head's ``config.json``; any problem raises HeadFileError naming the file and field."""
+        path = Path(path)
+        data = read_config(path, HEAD_FORMAT, "head")
+        try:
+            return cls.from_dict(data)
+        except HeadConfigError as exc:
+            raise HeadFileError(f"{path}: {exc} Fix that field, or restore or {_TRAIN_FIX}.") from exc
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -247,20 +386,23 @@ class ProjectionHead(nn.Module):
                     f"{path} is missing; a head folder holds config.json and head.safetensors "
                     "(train one with `native-retriever train-head`, or omit the head to use the shipped default)."
                 )
-        data = read_config(config_path, HEAD_FORMAT, "head")
+        config = HeadConfig.load(config_path)  # every field checked before any weight is read
         try:
-            config = HeadConfig.from_dict(data)
             head = cls(config)
             head.load_state_dict(load_file(str(weights_path)))
         except Exception as exc:
             raise HeadFileError(
                 f"{weights_path} does not match {config_path} or is corrupt ({exc}); restore or retrain the head."
             ) from exc
-        verify_folder(folder, "head")  # last, so that the checks above name their own problem first
+        verify_folder(folder, "head")  # sha256 of every file; last, so that the checks above name their own problem
         return head.eval()
 
     def check_compatible(self, llm: dict | None = None, teacher: dict | None = None) -> None:
-        """Refuse an LLM or teacher other than the ones this head was trained for, naming the field."""
+        """Refuse an LLM or teacher other than the ones this head was trained for, naming the field.
+
+        Then the head's own sizes (``hidden_size``, ``output_dim``) and layers are checked against the given LLM's
+        and teacher's (IncompatibleHeadError).
+        """
         for side, actual, expected in (
             ("LLM", llm, self.config.llm),
             ("teacher", teacher, self.config.teacher),
@@ -269,3 +411,13 @@ class ProjectionHead(nn.Module):
                 continue
             fix = f"Use the head trained for this {side}, or train one with `native-retriever train-head`."
             check_identity("head", side, actual, expected, fix)
+        config = self.config
+        sizes = (("LLM", llm, "hidden_size", "hidden_size"), ("teacher", teacher, "dim", "output_dim"))
+        for side, info, key, own in sizes:
+            if info and info.get(key) != getattr(config, own):
+                raise IncompatibleHeadError(
+                    f"HeadConfig.{own}={getattr(config, own)!r} but the {side} {info.get('name')!r} has {key} "
+                    f"{info.get(key)!r}; use the head trained for this {side}, or {_TRAIN_FIX}."
+                )
+        if llm and is_int(llm.get("num_layers")):
+            config.check_layers(llm["num_layers"], IncompatibleHeadError)

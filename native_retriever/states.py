@@ -38,16 +38,16 @@ def token_states(model, sequences: Sequence[Sequence[int]], layers: Sequence[int
     return [hidden[row, : len(ids)] for row, ids in enumerate(sequences)]
 
 
-def select_tokens(encoded: EncodedConversation, tokens: str, limit: int) -> tuple[int, int]:
-    """The [start, end) token span a head reads, at most ``limit`` tokens, the most recent kept."""
+def select_tokens(encoded: EncodedConversation, span: str, limit: int) -> tuple[int, int]:
+    """The [start, end) tokens of ``span`` (``HeadConfig.span``), at most ``limit`` of them, the most recent kept."""
     end = encoded.query[0] if encoded.query else len(encoded.input_ids)
-    if tokens == "query":
+    if span == "query":
         if encoded.query is None:
             raise ValueError("This head reads generated search-query tokens; use embed_generated_query.")
         start, end = encoded.query
-    elif tokens == "last_user":
+    elif span == "last_user":
         start, end = encoded.last_user
-    elif tokens == "last":
+    elif span == "last":
         start = end - 1
     else:
         start = 0

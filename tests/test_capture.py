@@ -159,7 +159,7 @@ def test_a_prompt_in_another_format_is_refused(tiny_llm, tiny_tokenizer, tiny_he
 
 
 def test_last_user_head_needs_the_conversations(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
-    embedder = _embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, "linear", tokens="last_user")
+    embedder = _embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, "linear", span="last_user")
     with embedder.capture() as cap:
         _generate(tiny_llm, _batch(embedder, CONVERSATIONS))
     with pytest.raises(CaptureError, match="pass the conversations"):
@@ -171,7 +171,7 @@ def test_last_user_head_needs_the_conversations(tiny_llm, tiny_tokenizer, tiny_h
 
 def test_query_mode_head_reads_the_generated_query_tokens(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
     embedder = _embedder(
-        tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, "attention", input_mode="query", tokens="query"
+        tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, "attention", input_mode="query", span="query"
     )
     queries = ["Zorblat festival", "Mirravel river best season", "Tessaline bridge railings"]
     with embedder.capture() as cap, torch.no_grad():

@@ -114,7 +114,7 @@ def test_query_head_embeds_generated_queries(tiny_llm, tiny_tokenizer, tiny_head
     embedder = NativeEmbedder(
         tiny_llm,
         tiny_tokenizer,
-        head=tiny_head_factory("transformer", input_mode="query", tokens="query"),
+        head=tiny_head_factory("transformer", input_mode="query", span="query"),
         teacher=teacher,
     )
     queries = ["Zorblat festival", "Mirravel river best season", "who built it", "Tessaline bridge railings"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import native_retriever.heads as heads_mod
-from native_retriever.errors import HeadFileError, IncompatibleHeadError
+from native_retriever.errors import HeadConfigError, HeadFileError, IncompatibleHeadError
+from native_retriever.files import sha256_file, verify_folder
 from native_retriever.heads import HeadConfig, ProjectionHead
 
 ARCHITECTURES = ["linear", "attention", "transformer"]
@@ -150,8 +153,8 @@ def test_failed_save_leaves_previous_head_intact(tiny_head_factory, tmp_path, mo
 def test_config_rejects_unknown_choices():
     with pytest.raises(ValueError, match="architecture='mlp'; use one of linear, attention, transformer"):
         HeadConfig(hidden_size=8, output_dim=4, architecture="mlp")
-    with pytest.raises(ValueError, match="tokens='query' needs input_mode='query'"):
-        HeadConfig(hidden_size=8, output_dim=4, tokens="query")
+    with pytest.raises(ValueError, match="span='query' needs input_mode='query'"):  # `tokens` is now `span`
+        HeadConfig(hidden_size=8, output_dim=4, span="query")
 
 
 # -- compatibility --------------------------------------------------------------------------------------------
@@ -211,3 +214,128 @@ def test_pooled_transformer_reads_windows_from_the_end_and_ignores_padding(tiny_
     torch.testing.assert_close(pooled[0, 0], states[0, 6:10].mean(0))
     torch.testing.assert_close(pooled[0, 2], states[0, 0:2].mean(0))
     assert used[0].tolist()[:4] == [True, True, True, False] and used[1].tolist()[:2] == [True, False]
+
+
+# -- the config is validated when it is made or loaded (issue 14, defect 7) ----------------------------------------
+SHIPPED = Path(heads_mod.__file__).parent / "heads"
+SHIPPED_WEIGHTS = {  # sha256 of the shipped weights: the manifest was added without re-serialising them
+    "smollm2-minilm": "73d35876d9ad10dee2187fdbc006cf2f8e15c3d3ed05447e7c449d5477927176",
+    "smollm2-minilm-query": "aecbdaa36b50b367cbefccbb78b5ba0fedede1d93af44ae6d8bcd41b01358553",
+}
+
+
+def _edit_config(folder: Path, edit) -> None:
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d.update(layers="-1"), ["HeadConfig.layers='-1'", "list of LLM hidden-state indices"]),
+        (lambda d: d.update(layers=[1.5]), ["HeadConfig.layers=[1.5]", "ints"]),
+        (lambda d: d.update(layers=[7]), ["HeadConfig.layers=[7]", "layer 7 is outside an LLM with 2 layers"]),
+        (lambda d: d.update(prompt_format={"max_tokens": "512"}), ["HeadConfig.prompt_format=", "'max_tokens': a pos"]),
+        (lambda d: d.update(prompt_format={"window": 5}), ["HeadConfig.prompt_format={'window': 5}", "system_prompt"]),
+        (lambda d: d.pop("llm"), ["HeadConfig.llm={}", "run unchecked on any llm"]),
+        (lambda d: d["llm"].pop("fingerprint"), ["HeadConfig.llm['fingerprint']=None", "non-empty list of numbers"]),
+        (lambda d: d.pop("teacher"), ["HeadConfig.teacher={}", "name, dim, fingerprint"]),
+        (lambda d: d.update(version=3), ["config version 3", "reads version 1, 2", "Upgrade native-retriever"]),
+        (lambda d: d.pop("version"), ["config version None", "reads version 1, 2"]),
+        (lambda d: d.update(pool_windw=4), ["unknown keys 'pool_windw'", "typos"]),
+        (lambda d: d.update(span="first"), ["HeadConfig.span='first'", "use one of all, last_user, last, query"]),
+        (lambda d: d.update(max_input_tokens=0), ["HeadConfig.max_input_tokens=0", "positive int"]),
+        (lambda d: d.update(dropout=1.5), ["HeadConfig.dropout=1.5", "[0, 1)"]),
+    ],
+    ids=["layers-str", "layers-float", "layers-range", "prompt-type", "prompt-key", "no-llm", "llm-key"]
+    + ["no-teacher", "version-3", "no-version", "unknown-key", "span", "max-input", "dropout"],
+)
+def test_invalid_config_is_refused_at_load_naming_file_field_and_fix(tiny_head_factory, tmp_path, edit, expected):
+    tiny_head_factory("linear").save_pretrained(tmp_path / "head")
+    _edit_config(tmp_path / "head", edit)
+    with pytest.raises(HeadFileError) as info:
+        ProjectionHead.from_pretrained(tmp_path / "head")
+    message = str(info.value)
+    assert str(tmp_path / "head" / "config.json") + ":" in message  # the file, before its checksum is looked at
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_invalid_config_is_refused_when_it_is_made():
+    llm = {"name": "m", "hidden_size": 8, "num_layers": 4, "vocab_size": 10, "fingerprint": [0.1]}
+    teacher = {"name": "t", "dim": 4, "fingerprint": [0.2]}
+    ok = dict(hidden_size=8, output_dim=4, llm=llm, teacher=teacher)
+    assert HeadConfig(**ok, layers=[-5, 4]).layers == [-5, 4]  # hidden_states -L-1 .. L
+    for bad, match in [
+        ({"layers": "last"}, "HeadConfig.layers='last'"),
+        ({"layers": [5]}, "layer 5 is outside an LLM with 4 layers"),
+        ({"layers": [-6]}, "layer -6 is outside"),
+        ({"prompt_format": {"max_tokens": -1}}, "HeadConfig.prompt_format="),
+        ({"llm": {}}, "HeadConfig.llm={}"),
+        ({"teacher": {**teacher, "dim": "4"}}, r"HeadConfig.teacher\['dim'\]='4'"),
+        ({"hidden_size": True}, "HeadConfig.hidden_size=True; use a positive int"),
+        ({"architecture": "transformer", "d_model": 10, "num_heads": 4}, "d_model=10 must be divisible"),
+    ]:
+        with pytest.raises(HeadConfigError, match=match):
+            HeadConfig(**{**ok, **bad})
+    assert issubclass(HeadConfigError, ValueError)
+
+
+def test_version_1_config_with_the_old_tokens_key_still_loads(tiny_head_factory, tmp_path):
+    head = tiny_head_factory("linear", span="last_user")
+    head.save_pretrained(tmp_path / "head")
+    assert json.loads((tmp_path / "head" / "config.json").read_text())["version"] == heads_mod.HEAD_VERSION
+
+    def old_file(data):  # as the previous version wrote it (and without its manifest: a legacy folder)
+        data.update(version=1, tokens=data.pop("span"))
+
+    _edit_config(tmp_path / "head", old_file)
+    (tmp_path / "head" / "native-retriever.json").unlink()
+    loaded = ProjectionHead.from_pretrained(tmp_path / "head")
+    assert loaded.config.span == "last_user" and not hasattr(loaded.config, "tokens")
+    states, mask = _states([4])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(states, mask), head(states, mask), atol=0, rtol=0)
+    _edit_config(tmp_path / "head", lambda d: d.update(span="all"))
+    with pytest.raises(HeadFileError, match="both 'tokens' and 'span'"):
+        ProjectionHead.from_pretrained(tmp_path / "head")
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_WEIGHTS))
+def test_shipped_heads_load_and_verify_their_manifest(name):
+    folder = SHIPPED / name
+    manifest = verify_folder(folder, "head")
+    assert manifest is not None and set(manifest["files"]) == {"config.json", "head.safetensors"}
+    assert manifest["files"]["head.safetensors"] == SHIPPED_WEIGHTS[name] == sha256_file(folder / "head.safetensors")
+    head = ProjectionHead.from_pretrained(folder)
+    assert head.config.span == ("query" if name.endswith("query") else "all")
+    assert head.config.llm["num_layers"] == 30 and head.config.teacher["dim"] == 384
+
+
+def test_altered_weights_are_refused_at_load(tiny_head_factory, tmp_path):
+    shipped = tmp_path / "shipped"
+    shutil.copytree(SHIPPED / "smollm2-minilm", shipped)
+    tiny_head_factory("linear").save_pretrained(tmp_path / "saved")
+    for folder in (shipped, tmp_path / "saved"):
+        weights = bytearray((folder / "head.safetensors").read_bytes())
+        weights[-3] ^= 0x01  # one bit of one weight: the file still parses and loads
+        (folder / "head.safetensors").write_bytes(bytes(weights))
+        with pytest.raises(HeadFileError) as info:
+            ProjectionHead.from_pretrained(folder)
+        assert "head.safetensors does not match its sha256" in str(info.value)
+        assert "retrain the head" in str(info.value)
+    (shipped / "native-retriever.json").unlink()  # a head saved before manifests existed still loads
+    assert ProjectionHead.from_pretrained(shipped).config.architecture == "attention"
+
+
+def test_layers_are_checked_against_the_bound_llm_even_unchecked(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
+    from native_retriever.embedder import NativeEmbedder
+
+    bigger = {**tiny_head_factory("linear").config.llm, "num_layers": 30, "name": "bigger-llm"}
+    head = tiny_head_factory("linear", llm=bigger, layers=[20])
+    with pytest.raises(IncompatibleHeadError, match="'num_layers' differs"):
+        NativeEmbedder(tiny_llm, tiny_tokenizer, head=head, teacher=teacher)
+    with pytest.raises(IncompatibleHeadError, match="layer 20 is outside an LLM with 2 layers"):
+        NativeEmbedder(tiny_llm, tiny_tokenizer, head=head, teacher=teacher, check_compatible=False)

@@ -139,6 +139,35 @@ def test_bad_config_values_are_refused(make_tiny_llm, tiny_tokenizer):
         LatentTrainConfig(k=0)
 
 
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d.update(temperature="hot"), "LatentConfig.temperature='hot'; use a positive one"),
+        (lambda d: d.update(k=2.5), "K=2.5 latent steps"),
+        (lambda d: d.update(target_modules=[]), "LatentConfig.target_modules=[]; use a non-empty list"),
+        (lambda d: d.update(document_max_tokens="256"), "LatentConfig.document_max_tokens='256'"),
+        (lambda d: d.update(prompt_format={"max_tokens": None}), "LatentConfig.prompt_format="),
+        (lambda d: d.pop("llm"), "LatentConfig.llm={}; it must record the llm"),
+        (lambda d: d.update(version=2), "config version 2; this native-retriever reads version 1. Upgrade"),
+        (lambda d: d.update(lora_rank=8), "unknown keys 'lora_rank'"),
+    ],
+    ids=["temperature", "k", "modules", "window", "prompt", "no-llm", "version", "unknown-key"],
+)
+def test_invalid_latent_config_is_refused_at_load(tiny_llm, tmp_path, edit, expected):
+    from native_retriever.models import llm_info
+
+    LatentConfig(k=2, llm=llm_info(tiny_llm), prompt_format={"system_prompt": None, "max_tokens": 64}).save(tmp_path)
+    path = tmp_path / "latent_config.json"
+    assert LatentConfig.load(tmp_path).k == 2
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(HeadFileError) as info:
+        LatentConfig.load(tmp_path)
+    assert str(path) + ":" in str(info.value) and expected in str(info.value)
+    assert "retrain the adapter" in str(info.value)
+
+
 def test_agent_generates_with_base_weights_beside_the_adapter(make_tiny_llm, tiny_tokenizer):
     model = make_tiny_llm(seed=3)
     model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id

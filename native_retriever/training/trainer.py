@@ -226,7 +226,7 @@ def head_config(config: TrainConfig, llm: dict, teacher: dict, prompt_format: Pr
         output_dim=teacher["dim"],
         architecture=config.architecture,
         input_mode=config.input_mode,
-        tokens=config.tokens,
+        span=config.tokens,  # the CLI's --tokens
         layers=list(config.layers),
         max_input_tokens=config.max_input_tokens,
         pool_window=config.pool_window,
