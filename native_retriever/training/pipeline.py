@@ -68,6 +68,9 @@ def train_head_from_folders(
     if output is not None:
         output = check_output_folder(output, "head")  # before any data or model loads
     config = config or TrainConfig()
+    # every data file is read before any model loads
+    train_data = [load_data(folder, max_queries=n) for folder, n in zip(folders, limits)]
+    dev_data = load_data(dev, max_queries=max_dev_queries, require_judged=True) if dev is not None else None
     model, tokenizer = load_llm(llm, device=device)
     loaded_teacher = Teacher.from_pretrained(teacher, device=device)
     fmt = PromptFormat(max_tokens=max_tokens)
@@ -78,11 +81,11 @@ def train_head_from_folders(
         corpus, targets = teacher_vectors(loaded_teacher, data, root, config.target)
         return Split(data, states, corpus, targets)
 
-    splits = [split(load_data(folder, max_queries=n)) for folder, n in zip(folders, limits)]
-    if dev_holdout is not None:
+    splits = [split(data) for data in train_data]
+    if dev_data is None:
         splits[0], held_out = splits[0].split_off(dev_holdout)
     else:
-        held_out = split(load_data(dev, max_queries=max_dev_queries))
+        held_out = split(dev_data)
     # The dev set's relevant passages never become training text, so model selection stays fair.
     held = frozenset(doc for docs in held_out.data.qrels.values() for doc in docs)
     passages = [corpus_queries(s.data, tokenizer, n, exclude=held) for s, n in zip(splits, sizes) if n > 0]
