@@ -319,7 +319,6 @@ SYSTEMS: dict[str, System] = {
         LatentView("latent-contrastive"),
     )
 }
-LATENT_SYSTEMS = tuple(name for name, system in SYSTEMS.items() if "latent_embedder" in system.needs)
 DEFAULT_SYSTEMS = ("bm25-question", "teacher-question", "teacher-history", BASELINE, "native-context", "native-query")
 
 
@@ -330,11 +329,6 @@ def resolve_systems(systems: Sequence[str | System]) -> list[System]:
     if unknown:
         raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
     return [SYSTEMS[s] if isinstance(s, str) else s for s in systems]
-
-
-def needs_teacher(systems: Sequence[str | System]) -> bool:
-    """Whether any of ``systems`` searches the teacher's corpus vectors (BM25 and the latent systems do not)."""
-    return any("teacher" in system.needs for system in resolve_systems(systems))
 
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:

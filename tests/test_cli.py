@@ -401,9 +401,10 @@ def test_evaluate_returns_the_report_eval_writes(trained_head, tiny_llm_folder, 
 
 
 def test_a_system_of_ones_own_is_one_class_and_needs_are_checked_first(tiny_data_folder):
+    from native_retriever.cli import build_parser
     from native_retriever.data import load_data
     from native_retriever.errors import InvalidArgumentError
-    from native_retriever.evaluation import SYSTEMS, System, evaluate_systems
+    from native_retriever.evaluation import DEFAULT_SYSTEMS, SYSTEMS, System, evaluate_systems
 
     data = load_data(tiny_data_folder, max_queries=10)
 
@@ -416,6 +417,9 @@ def test_a_system_of_ones_own_is_one_class_and_needs_are_checked_first(tiny_data
             return {qid: dict.fromkeys(inputs.data.qrels[qid], 1.0) for qid in inputs.query_ids}
 
     assert isinstance(Oracle(), System) and all(isinstance(s, System) for s in SYSTEMS.values())
+    assert build_parser().parse_args(["eval", "--data", "d"]).systems == ",".join(DEFAULT_SYSTEMS)
+    evaluate = build_parser()._subparsers._group_actions[0].choices["eval"]
+    assert all(name in next(a for a in evaluate._actions if a.dest == "systems").help for name in SYSTEMS)
     report = evaluate_systems(data, [Oracle(), "bm25-question"])
     assert list(report["systems"]) == ["oracle", "bm25-question"]
     assert report["systems"]["oracle"] == {"recall@10": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0, "queries": 10}
@@ -441,7 +445,7 @@ def test_chat_forgets_what_the_window_cut_and_the_llm_sees_the_same(
         return result
 
     monkeypatch.setattr(agent, "native_turn", recording)
-    turns = 24
+    turns = 16
     question = "tell me about the Zorblat festival near Quenwick and who visits it?"
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"Turn {n}: {question}\n" for n in range(turns))))
     assert main(["chat", str(index_folder), "--llm", tiny_llm_folder, "--head", str(trained_head), "-k", "2"]) == 0
