@@ -13,8 +13,6 @@ from pathlib import Path
 from .arguments import add_device, at_least, positive_int
 from .documents import MIN_MAX_WORDS
 
-DEFAULT_QUERY_HEAD = files("native_retriever") / "heads" / "smollm2-minilm-query"
-
 
 def _embedder(args):
     from .embedder import DEFAULT_HEAD, NativeEmbedder
@@ -121,7 +119,15 @@ def cmd_chat(args) -> None:
         result = native_turn(embedder, index, messages, k=args.k)
         _show_hits(result.hits)
         print(f"Assistant: {result.answer}")
+        _forget_cut_turns(embedder, messages)
         messages.append({"role": "assistant", "content": result.answer})
+
+
+def _forget_cut_turns(embedder, messages: list[dict]) -> None:
+    """Drop the oldest turns the window cut from this turn's conversation (a system message stays): every later turn
+    cuts them too, so the history stays about one window long however long the chat runs."""
+    first = 1 if messages[0]["role"] == "system" else 0
+    del messages[first : first + embedder.encode(messages).dropped_messages]
 
 
 def _per_folder(values: list, folders: list[str], flag: str) -> list:
@@ -133,107 +139,59 @@ def _per_folder(values: list, folders: list[str], flag: str) -> list:
 
 def cmd_train_head(args) -> None:
     """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
-    from .conversation import PromptFormat
-    from .data import RetrievalData, load_data, passage_queries
-    from .files import check_output_folder
-    from .models import cache_dir, llm_info, load_llm
-    from .teacher import Teacher
-    from .training.cache import cache_hidden_states, teacher_vectors
-    from .training.trainer import Split, TrainConfig, head_config, train_head
+    from .training.pipeline import train_head_from_folders
+    from .training.trainer import TrainConfig
 
-    check_output_folder(args.output, "head")  # before any data or model loads
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    model, tokenizer = load_llm(args.llm, device=args.device)
-    teacher = Teacher.from_pretrained(args.teacher, device=args.device)
-    fmt = PromptFormat(max_tokens=args.max_tokens)
-    root = Path(args.cache or cache_dir() / "training")
-
-    def split(data: RetrievalData) -> Split:
-        states = cache_hidden_states(model, tokenizer, data, root / "states", layers=config.layers, prompt_format=fmt)
-        corpus, targets = teacher_vectors(teacher, data, root, config.target)
-        return Split(data, states, corpus, targets)
-
-    limits = _per_folder(args.max_train_queries or [None], args.train, "--max-train-queries")
-    train = [split(load_data(folder, max_queries=n)) for folder, n in zip(args.train, limits)]
-    if args.dev_holdout:
-        train[0], dev = train[0].split_off(args.dev_holdout)
-    else:
-        dev = split(load_data(args.dev, max_queries=args.max_dev_queries))
-    if args.passage_queries:
-        sizes = _per_folder(args.passage_queries, args.train, "--passage-queries")
-        # The dev set's relevant passages never become training text, so model selection stays fair.
-        held = frozenset(doc for docs in dev.data.qrels.values() for doc in docs)
-        passages = [passage_queries(s.data, tokenizer, n, exclude=held) for s, n in zip(train, sizes) if n > 0]
-        # A corpus whose first N passages are all dev positives adds none.
-        train += [split(p) for p in passages if p.queries]
-    base = head_config(config, llm_info(model), teacher.info, fmt)
-    output = Path(args.output)
-    head = train_head(train, dev, config, base)
-    head.save_pretrained(
-        output, extra_files={"training_log.json": json.dumps(head.config.metrics["history"], indent=2)}
+    # the count lists are checked before any data or model loads (train_head_from_folders checks the output folder)
+    _per_folder(args.max_train_queries or [None], args.train, "--max-train-queries")
+    _per_folder(args.passage_queries or [0], args.train, "--passage-queries")
+    head = train_head_from_folders(
+        args.train,
+        args.dev,
+        dev_holdout=args.dev_holdout,
+        output=args.output,
+        config=TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}),
+        llm=args.llm,
+        teacher=args.teacher,
+        device=args.device,
+        cache=args.cache,
+        max_train_queries=args.max_train_queries,
+        passage_queries=args.passage_queries,
+        max_dev_queries=args.max_dev_queries,
+        max_tokens=args.max_tokens,
     )
-    print(json.dumps({"output": str(output), "dev": head.config.metrics["dev"]}, indent=2))
+    print(json.dumps({"output": str(Path(args.output)), "dev": head.config.metrics["dev"]}, indent=2))
 
 
 def cmd_eval(args) -> None:
     """Score the retrieval systems side by side on one data folder; print and optionally write JSON."""
     from .checks import check_output_path
-    from .data import load_data
-    from .embedder import DEFAULT_HEAD, NativeEmbedder
-    from .errors import InvalidArgumentError
-    from .evaluation import SYSTEMS, evaluate_systems, needs_teacher
-    from .heads import ProjectionHead
-    from .models import load_llm
-    from .teacher import Teacher
+    from .evaluation import evaluate
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
-    # Every argument, output path and data file is checked before any model loads.
-    _latent_adapter_folders(args, systems)
+    # Every argument and output path is checked before any model loads (evaluate checks the data and the systems).
+    adapters = _latent_adapter_folders(args, systems)
     if args.output:
         check_output_path(args.output, "--output", kind="file")
     if args.save_runs:
         check_output_path(args.save_runs, "--save-runs", kind="folder")
-    cache = Path(args.generated_queries) if args.generated_queries else None
-    generated = _read_generated_queries(cache) if cache else {}
-    data = load_data(args.data, max_queries=args.max_queries, require_judged=True)
-    latent = _latent_embedders(args, systems)  # adapters (and their LLM copies) first: a bad folder fails at once
-    # Heads load before the LLM, so a wrong path fails at once.
-    context_head = ProjectionHead.from_pretrained(args.head or DEFAULT_HEAD) if "native-context" in systems else None
-    query_head = (
-        ProjectionHead.from_pretrained(args.query_head or DEFAULT_QUERY_HEAD) if "native-query" in systems else None
-    )
-    # BM25 and the latent systems index the corpus themselves: the teacher loads only for the others
-    teacher = Teacher.from_pretrained(args.teacher, device=args.device) if needs_teacher(systems) else None
-    llm = context = query = None
-    if any(s in systems for s in ("generate-then-encode", "native-context", "native-query")):
-        llm = load_llm(args.llm, device=args.device)
-        if context_head is not None:
-            context = NativeEmbedder(*llm, head=context_head, teacher=teacher)
-        if query_head is not None:
-            query = NativeEmbedder(*llm, head=query_head, teacher=teacher)
-    report = evaluate_systems(
-        data,
+    if args.generated_queries:
+        check_output_path(args.generated_queries, "--generated-queries", kind="file")
+    report = evaluate(
+        args.data,
         systems,
-        llm=llm,
-        context_embedder=context,
-        query_embedder=query,
-        teacher=teacher,
+        llm=args.llm,
+        head=args.head,
+        query_head=args.query_head,
+        teacher=args.teacher,
+        latent_adapters=adapters,
+        latent_k=args.latent_k,
+        device=args.device,
+        max_queries=args.max_queries,
         batch_size=args.batch_size,
-        generated_queries=generated,
-        latent_embedders=latent,
+        generated_queries=args.generated_queries,
         save_runs=args.save_runs,
     )
-    if cache and generated:
-        cache.write_text(json.dumps(generated, indent=1) + "\n")
-    report["heads"] = {
-        name: e.head.config.to_dict() | {"training": None, "metrics": e.head.config.metrics.get("dev")}
-        for name, e in (("native-context", context), ("native-query", query))
-        if e
-    }
-    report["latent"] = {name: e.encoder.config.to_dict() | {"metrics": None, "k": e.k} for name, e in latent.items()}
     for name, metrics in report["systems"].items():
         print(
             f"{name:22s} R@10 {metrics['recall@10']:.3f}  MRR@10 {metrics['mrr@10']:.3f}  "
@@ -277,39 +235,6 @@ def _latent_adapter_folders(args, systems: list[str]) -> dict[str, str]:
                 raise SystemExit(f"System {name} needs --{name}-adapter FOLDER (train one with train-latent).")
             folders[name] = folder
     return folders
-
-
-def _latent_embedders(args, systems: list[str]) -> dict:
-    """One LatentEmbedder per latent system asked for, each on its own copy of the LLM (eval only)."""
-    from .latent import LatentEmbedder
-
-    return {
-        name: LatentEmbedder.from_pretrained(folder, llm=args.llm, device=args.device, k=args.latent_k)
-        for name, folder in _latent_adapter_folders(args, systems).items()
-    }
-
-
-def _read_generated_queries(path: Path) -> dict[str, str]:
-    """The ``--generated-queries`` cache (query id -> generated query), empty when the file does not exist yet;
-    checked up front: it must be a writable JSON object of strings."""
-    from .checks import check_output_path
-    from .errors import DataFormatError
-
-    check_output_path(path, "--generated-queries", kind="file")
-    if not path.is_file():
-        return {}
-    try:
-        generated = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataFormatError(
-            f"--generated-queries {path} is not a UTF-8 JSON file ({exc}); delete it to generate the queries again."
-        ) from exc
-    if not isinstance(generated, dict) or not all(isinstance(v, str) for v in generated.values()):
-        raise DataFormatError(
-            f"--generated-queries {path} is not a JSON object of query id -> query text; delete it to generate the "
-            "queries again."
-        )
-    return generated
 
 
 def _add_models(parser: argparse.ArgumentParser) -> None:

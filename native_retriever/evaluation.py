@@ -1,17 +1,33 @@
-"""Retrieval metrics (ranx), exact top-k runs from score matrices, saved runs and paired significance tests."""
+"""Retrieval metrics (ranx), exact top-k runs, saved runs, paired significance tests, and the systems ``eval`` scores.
+
+``evaluate`` is ``native-retriever eval`` as one call; ``evaluate_systems`` scores systems given loaded models.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .checks import check_output_path
+from .data import RetrievalData, load_data
 from .errors import DataFormatError, InvalidArgumentError
+from .files import atomic_file
 from .generation import generate_queries
+from .heads import ProjectionHead
+
+if TYPE_CHECKING:
+    from .embedder import NativeEmbedder
+    from .latent import LatentEmbedder
+    from .teacher import Teacher
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
 
@@ -120,22 +136,199 @@ def comparison_dict(report) -> dict:
     return plain(report.to_dict())
 
 
-SYSTEMS = (
-    "bm25-question",
-    "teacher-question",
-    "teacher-history",
-    "generate-then-encode",
-    "native-context",
-    "native-query",
-    "latent",
-    "latent-contrastive",
-)
-LATENT_SYSTEMS = ("latent", "latent-contrastive")  # documents indexed by the latent encoder itself
+# -- the systems `eval` scores ---------------------------------------------------------------------------------------
+# Each system is a small object behind the System protocol: its name, what it needs, and its run on a data set.
+# Adding one is one class (and one entry in SYSTEMS, or pass the object to evaluate_systems directly).
+
+BASELINE = "generate-then-encode"  # the reference of each system's retention
+NEEDS = {  # what a system may need, and how a Python caller gives it to evaluate_systems
+    "teacher": "a Teacher (teacher=Teacher.from_pretrained())",
+    "llm": "the agent LLM that writes search queries (llm=load_llm())",
+    "context_embedder": "a NativeEmbedder with a context head (context_embedder=...)",
+    "query_embedder": "a NativeEmbedder with a query head (query_embedder=...)",
+    "latent_embedder": "a LatentEmbedder in latent_embedders[{name!r}]",
+}
 
 
-def needs_teacher(systems: Sequence[str]) -> bool:
-    """Whether any of ``systems`` searches the teacher's corpus vectors (BM25 and the latent systems do not)."""
-    return any(s != "bm25-question" and s not in LATENT_SYSTEMS for s in systems)
+@dataclass
+class EvalInputs:
+    """What the systems of one evaluation read: the data, the models given, and the work they share, done once.
+
+    ``generated_queries`` (query id -> text) is extended in place with the queries generated here.
+    """
+
+    data: RetrievalData
+    teacher: Teacher | None = None
+    llm: tuple | None = None  # (model, tokenizer) of the agent LLM
+    context_embedder: NativeEmbedder | None = None
+    query_embedder: NativeEmbedder | None = None
+    latent_embedders: dict[str, LatentEmbedder] = field(default_factory=dict)
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    generated_queries: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def query_ids(self) -> list[str]:
+        """The judged queries' ids, in file order (the rows of every system's query vectors)."""
+        return [q["id"] for q in self.data.queries]
+
+    @property
+    def conversations(self) -> list[list[dict]]:
+        """Each judged query's conversation, ending with its question."""
+        return [q["messages"] for q in self.data.queries]
+
+    def has(self, need: str, system: str) -> bool:
+        """Whether the input ``need`` (a key of NEEDS) of the system named ``system`` was given."""
+        if need == "latent_embedder":
+            return system in self.latent_embedders
+        return getattr(self, need) is not None
+
+    @cached_property
+    def corpus_vectors(self) -> np.ndarray:
+        """The teacher's vectors of the corpus, encoded on first use (only when a system searches them)."""
+        return self.teacher.encode([d["text"] for d in self.data.corpus], show_progress=True)
+
+    @cached_property
+    def generated(self) -> list[str]:
+        """The LLM's standalone search query of each judged query (empty when it wrote none), generated once;
+        those in ``generated_queries`` are reused."""
+        known = self.generated_queries
+        missing = [q for q in self.data.queries if q["id"] not in known]
+        for start in tqdm(range(0, len(missing), self.batch_size), desc="Generating search queries"):
+            chunk = missing[start : start + self.batch_size]
+            texts = generate_queries(*self.llm, [q["messages"] for q in chunk], max_new_tokens=self.max_new_tokens)
+            known.update({q["id"]: text for q, text in zip(chunk, texts)})
+        return [known[qid] for qid in self.query_ids]
+
+    @property
+    def search_queries(self) -> list[str]:
+        """The generated search queries, the question where the LLM wrote none."""
+        return [g or q["question"] for g, q in zip(self.generated, self.data.queries)]
+
+    def teacher_run(self, vectors: np.ndarray) -> dict[str, dict[str, float]]:
+        """The top-10 run of query vectors (one row per judged query) over the teacher's corpus vectors."""
+        return top_k_run(self.query_ids, self.data.doc_ids, vectors, self.corpus_vectors)
+
+
+@runtime_checkable
+class System(Protocol):
+    """A retrieval system ``evaluate_systems`` scores: a name, the inputs it needs, and its run on the data."""
+
+    name: str
+    needs: tuple[str, ...]  # keys of NEEDS
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """The system's ranx-style run (query id -> {document id: score}) over ``inputs.data``."""
+        ...
+
+
+class BM25Question:
+    """BM25 (bm25s, English stop words) of the current question alone."""
+
+    name, needs = "bm25-question", ()
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """BM25's top 10 of each question."""
+        return bm25_run(inputs.data)
+
+
+class TeacherQuestion:
+    """The teacher's vector of the current question alone."""
+
+    name, needs = "teacher-question", ("teacher",)
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """The teacher's top 10 of each question."""
+        return inputs.teacher_run(inputs.teacher.encode([q["question"] for q in inputs.data.queries]))
+
+
+class TeacherHistory:
+    """The teacher's vector of the conversation's text (``Teacher.history_query``)."""
+
+    name, needs = "teacher-history", ("teacher",)
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """The teacher's top 10 of each conversation's text."""
+        texts = [inputs.teacher.history_query(messages) for messages in inputs.conversations]
+        return inputs.teacher_run(inputs.teacher.encode(texts))
+
+
+class GenerateThenEncode:
+    """The agent LLM writes a standalone search query, the teacher encodes it (the classic pipeline)."""
+
+    name, needs = BASELINE, ("llm", "teacher")
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """The teacher's top 10 of each generated query."""
+        return inputs.teacher_run(inputs.teacher.encode(inputs.search_queries))
+
+
+class NativeQuery:
+    """A ``query`` head reads the LLM's states of the generated search query, appended to the conversation."""
+
+    name, needs = "native-query", ("llm", "query_embedder", "teacher")
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """The top 10 of each query head vector over the teacher's corpus vectors."""
+        vectors = inputs.query_embedder.embed_generated_queries(
+            inputs.conversations, inputs.search_queries, batch_size=inputs.batch_size, show_progress=True
+        )
+        return inputs.teacher_run(vectors)
+
+
+class NativeContext:
+    """A ``context`` head reads the LLM's states of the conversation itself (one prefill, no generation)."""
+
+    name, needs = "native-context", ("context_embedder", "teacher")
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """The top 10 of each context head vector over the teacher's corpus vectors."""
+        vectors = inputs.context_embedder.embed_conversations(
+            inputs.conversations, batch_size=inputs.batch_size, show_progress=True
+        )
+        return inputs.teacher_run(vectors)
+
+
+@dataclass(frozen=True)
+class LatentView:
+    """A latent-view adapter embeds the corpus and the conversations itself (no teacher)."""
+
+    name: str
+    needs: tuple[str, ...] = ("latent_embedder",)
+
+    def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
+        """The top 10 of each latent conversation vector over the adapter's own corpus vectors."""
+        embedder = inputs.latent_embedders[self.name]
+        docs = embedder.embed_documents(
+            [d["text"] for d in inputs.data.corpus], batch_size=inputs.batch_size, show_progress=True
+        )
+        vectors = embedder.embed_conversations(inputs.conversations, batch_size=inputs.batch_size, show_progress=True)
+        return top_k_run(inputs.query_ids, inputs.data.doc_ids, vectors, docs)
+
+
+SYSTEMS: dict[str, System] = {
+    system.name: system
+    for system in (
+        BM25Question(),
+        TeacherQuestion(),
+        TeacherHistory(),
+        GenerateThenEncode(),
+        NativeContext(),
+        NativeQuery(),
+        LatentView("latent"),
+        LatentView("latent-contrastive"),
+    )
+}
+DEFAULT_SYSTEMS = ("bm25-question", "teacher-question", "teacher-history", BASELINE, "native-context", "native-query")
+
+
+def resolve_systems(systems: Sequence[str | System]) -> list[System]:
+    """The System objects of ``systems`` (names of SYSTEMS, or System objects as they are); an unknown name raises
+    InvalidArgumentError listing the known ones."""
+    unknown = [s for s in systems if isinstance(s, str) and s not in SYSTEMS]
+    if unknown:
+        raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    return [SYSTEMS[s] if isinstance(s, str) else s for s in systems]
 
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
@@ -156,7 +349,7 @@ def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
 
 def evaluate_systems(
     data,
-    systems: Sequence[str] = SYSTEMS,
+    systems: Sequence[str | System] = tuple(SYSTEMS),
     *,
     llm=None,
     context_embedder=None,
@@ -168,8 +361,9 @@ def evaluate_systems(
     latent_embedders: dict | None = None,
     save_runs: str | os.PathLike | None = None,
 ) -> dict:
-    """Score each named system on ``data`` (a RetrievalData) over the same corpus and queries.
+    """Score each system on ``data`` (a RetrievalData) over the same corpus and queries.
 
+    ``systems``: names of SYSTEMS, or System objects (a system of one's own is one class).
     ``llm``: ``(model, tokenizer)`` of the agent LLM that writes queries for ``generate-then-encode`` (the teacher
     encodes them); ``context_embedder`` / ``query_embedder``: NativeEmbedders with a ``context`` / ``query`` head on
     the same LLM.
@@ -177,68 +371,37 @@ def evaluate_systems(
     ``latent_embedders``: system name (``latent``, ``latent-contrastive``) -> LatentEmbedder; that system embeds the
     corpus and the conversations itself.
     ``save_runs``: a folder to write each system's top-10 run into as ``<system>.trec`` (for ``compare_runs``).
+    A system whose inputs are missing raises InvalidArgumentError before any system runs.
     """
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    chosen = resolve_systems(systems)
     if not data.queries:
         raise DataFormatError(
             f"Data {data.name!r} has no judged queries to score; load it with load_data(folder, require_judged=True) "
             "to see why, and add qrels.tsv lines for its queries (docs/data-format.md)."
         )
-    qids = [q["id"] for q in data.queries]
+    inputs = EvalInputs(
+        data,
+        teacher=teacher,
+        llm=llm,
+        context_embedder=context_embedder,
+        query_embedder=query_embedder,
+        latent_embedders=dict(latent_embedders or {}),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        generated_queries=generated_queries if generated_queries is not None else {},
+    )
+    for system in chosen:
+        missing = [need for need in system.needs if not inputs.has(need, system.name)]
+        if missing:
+            given = " and ".join(NEEDS[need].format(name=system.name) for need in missing)
+            raise InvalidArgumentError(f"System {system.name!r} needs {given}.")
     results: dict[str, dict] = {}
-    generated: list[str] | None = None
-    known = generated_queries if generated_queries is not None else {}
-    corpus = None  # the teacher's corpus vectors, only when a requested system searches them
-    if teacher is not None and needs_teacher(systems):
-        corpus = teacher.encode([d["text"] for d in data.corpus], show_progress=True)
-
-    def record(name: str, run: dict[str, dict[str, float]]) -> None:
-        results[name] = retrieval_metrics(data.qrels, run)
+    for system in chosen:
+        run = system.run(inputs)
+        results[system.name] = retrieval_metrics(data.qrels, run)
         if save_runs is not None:
-            save_run(run, Path(save_runs) / f"{name}.trec", name)
-
-    def score(name: str, vectors: np.ndarray) -> None:
-        record(name, top_k_run(qids, data.doc_ids, vectors, corpus))
-
-    for name in systems:
-        if name == "bm25-question":
-            record(name, bm25_run(data))
-        elif name == "teacher-question":
-            score(name, teacher.encode([q["question"] for q in data.queries]))
-        elif name == "teacher-history":
-            score(name, teacher.encode([teacher.history_query(q["messages"]) for q in data.queries]))
-        elif name in ("generate-then-encode", "native-query") and generated is None:
-            missing = [q for q in data.queries if q["id"] not in known]
-            for start in tqdm(range(0, len(missing), batch_size), desc="Generating search queries"):
-                chunk = missing[start : start + batch_size]
-                texts = generate_queries(*llm, [q["messages"] for q in chunk], max_new_tokens=max_new_tokens)
-                known.update({q["id"]: text for q, text in zip(chunk, texts)})
-            generated = [known[qid] for qid in qids]
-        if name == "generate-then-encode":
-            score(name, teacher.encode([g or q["question"] for g, q in zip(generated, data.queries)]))
-        elif name == "native-query":
-            queries = [g or q["question"] for g, q in zip(generated, data.queries)]
-            score(
-                name,
-                query_embedder.embed_generated_queries(
-                    [q["messages"] for q in data.queries], queries, batch_size=batch_size, show_progress=True
-                ),
-            )
-        elif name == "native-context":
-            conversations = [q["messages"] for q in data.queries]
-            score(name, context_embedder.embed_conversations(conversations, batch_size=batch_size, show_progress=True))
-        elif name in LATENT_SYSTEMS:
-            embedder = (latent_embedders or {}).get(name)
-            if embedder is None:
-                raise InvalidArgumentError(f"System {name!r} needs a LatentEmbedder in latent_embedders[{name!r}].")
-            docs = embedder.embed_documents([d["text"] for d in data.corpus], batch_size=batch_size, show_progress=True)
-            vectors = embedder.embed_conversations(
-                [q["messages"] for q in data.queries], batch_size=batch_size, show_progress=True
-            )
-            record(name, top_k_run(qids, data.doc_ids, vectors, docs))
-    baseline = results.get("generate-then-encode")
+            save_run(run, Path(save_runs) / f"{system.name}.trec", system.name)
+    baseline = results.get(BASELINE)
     if baseline:
         for metrics in results.values():
             metrics["retention"] = {
@@ -248,5 +411,124 @@ def evaluate_systems(
                 }
                 for m in METRICS
             }
-    report = {"data": data.name, "queries": len(qids), "passages": len(data.corpus), "systems": results}
+    return {"data": data.name, "queries": len(inputs.query_ids), "passages": len(data.corpus), "systems": results}
+
+
+# -- `native-retriever eval` as one call ----------------------------------------------------------------------------
+DEFAULT_QUERY_HEAD = Path(__file__).parent / "heads" / "smollm2-minilm-query"
+
+
+def read_generated_queries(path: str | os.PathLike) -> dict[str, str]:
+    """A cache of generated search queries (a JSON object of query id -> text), empty when the file does not exist
+    yet; checked up front: it must be a writable JSON object of strings (else DataFormatError or
+    InvalidArgumentError naming the file and the fix)."""
+    path = check_output_path(path, "generated_queries file", kind="file")
+    if not path.is_file():
+        return {}
+    try:
+        generated = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFormatError(
+            f"generated_queries file {path} is not a UTF-8 JSON file ({exc}); delete it to generate the queries again."
+        ) from exc
+    if not isinstance(generated, dict) or not all(isinstance(v, str) for v in generated.values()):
+        raise DataFormatError(
+            f"generated_queries file {path} is not a JSON object of query id -> query text; delete it to generate "
+            "the queries again."
+        )
+    return generated
+
+
+def evaluate(
+    data: str | os.PathLike | RetrievalData,
+    systems: Sequence[str | System] = DEFAULT_SYSTEMS,
+    *,
+    llm: str | os.PathLike | None = None,
+    head: ProjectionHead | str | os.PathLike | None = None,
+    query_head: ProjectionHead | str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
+    latent_adapters: dict[str, str | os.PathLike] | None = None,
+    latent_k: int | None = None,
+    device: str | None = None,
+    max_queries: int | None = None,
+    batch_size: int = 8,
+    generated_queries: str | os.PathLike | None = None,
+    save_runs: str | os.PathLike | None = None,
+) -> dict:
+    """Load what ``systems`` need, score them on a data folder and return the report ``native-retriever eval`` writes.
+
+    Every argument, output path and data file is checked before any model loads; then the latent adapters (each on
+    its own copy of the LLM), the heads, the teacher and the LLM load, only those the systems need.
+    ``data``: a data folder (docs/data-format.md; its first ``max_queries`` judged queries) or a RetrievalData.
+    ``head`` / ``query_head``: heads of ``native-context`` / ``native-query`` (default: the shipped ones).
+    ``latent_adapters``: system name -> adapter folder (from ``train-latent``) of each latent system asked for;
+    ``latent_k`` overrides their latent steps. ``generated_queries``: a JSON file of generated search queries, read
+    and extended, so each query is generated once. ``save_runs``: a folder for each system's ``<system>.trec`` run.
+
+    The report: ``data``, ``queries``, ``passages``, ``systems`` (name -> metrics, as ``evaluate_systems``),
+    ``heads`` (each native system's head config and dev metrics) and ``latent`` (each adapter's config and K).
+    """
+    from .embedder import DEFAULT_HEAD, NativeEmbedder
+    from .models import load_llm
+    from .teacher import Teacher
+
+    chosen = resolve_systems(systems)
+    needs = {need for system in chosen for need in system.needs}
+    latent_adapters = latent_adapters or {}
+    missing = [s.name for s in chosen if "latent_embedder" in s.needs and not latent_adapters.get(s.name)]
+    if missing:
+        raise InvalidArgumentError(
+            f"Systems {missing} need adapter folders: latent_adapters={{name: FOLDER}} (train one with train-latent)."
+        )
+    if save_runs is not None:
+        check_output_path(save_runs, "save_runs", kind="folder")
+    known = read_generated_queries(generated_queries) if generated_queries is not None else {}
+    if not isinstance(data, RetrievalData):
+        data = load_data(data, max_queries=max_queries, require_judged=True)
+    latent = {  # adapters (and their LLM copies) first: a bad folder fails at once
+        s.name: _latent_embedder(latent_adapters[s.name], llm, device, latent_k)
+        for s in chosen
+        if "latent_embedder" in s.needs
+    }
+    # Heads load before the LLM, so a wrong path fails at once.
+    context_head = _head(head or DEFAULT_HEAD) if "context_embedder" in needs else None
+    query_head = _head(query_head or DEFAULT_QUERY_HEAD) if "query_embedder" in needs else None
+    # BM25 and the latent systems index the corpus themselves: the teacher loads only for the others
+    loaded_teacher = Teacher.from_pretrained(teacher, device=device) if "teacher" in needs else None
+    model = context = query = None
+    if needs & {"llm", "context_embedder", "query_embedder"}:
+        model = load_llm(llm, device=device)
+        context = NativeEmbedder(*model, head=context_head, teacher=loaded_teacher) if context_head else None
+        query = NativeEmbedder(*model, head=query_head, teacher=loaded_teacher) if query_head else None
+    report = evaluate_systems(
+        data,
+        chosen,
+        llm=model,
+        context_embedder=context,
+        query_embedder=query,
+        teacher=loaded_teacher,
+        batch_size=batch_size,
+        generated_queries=known,
+        latent_embedders=latent,
+        save_runs=save_runs,
+    )
+    if generated_queries is not None and known:
+        with atomic_file(generated_queries) as tmp:
+            tmp.write_text(json.dumps(known, indent=1) + "\n")
+    report["heads"] = {
+        name: e.head.config.to_dict() | {"training": None, "metrics": e.head.config.metrics.get("dev")}
+        for name, e in (("native-context", context), ("native-query", query))
+        if e
+    }
+    report["latent"] = {name: e.encoder.config.to_dict() | {"metrics": None, "k": e.k} for name, e in latent.items()}
     return report
+
+
+def _head(head: ProjectionHead | str | os.PathLike) -> ProjectionHead:
+    return head if isinstance(head, ProjectionHead) else ProjectionHead.from_pretrained(head)
+
+
+def _latent_embedder(adapter: str | os.PathLike, llm, device: str | None, k: int | None) -> LatentEmbedder:
+    from .latent import LatentEmbedder
+
+    return LatentEmbedder.from_pretrained(adapter, llm=llm, device=device, k=k)

@@ -381,3 +381,74 @@ def test_every_option_of_every_command_says_what_it_does_and_its_default():
             elif action.option_strings and action.required and "required" not in text:
                 missing.append(f"{flag}: does not say it is required")
     assert not missing, "\n".join(missing)
+
+
+# -- the commands' bodies are library calls ------------------------------------------------------------------------
+
+
+def test_evaluate_returns_the_report_eval_writes(trained_head, tiny_llm_folder, tiny_data_folder, tmp_path, capsys):
+    from native_retriever.evaluation import evaluate
+
+    systems = ["bm25-question", "teacher-history", "native-context"]
+    output = tmp_path / "eval.json"
+    argv = ["eval", "--data", tiny_data_folder, "--llm", tiny_llm_folder, "--head", str(trained_head)]
+    assert main([*argv, "--systems", ",".join(systems), "--max-queries", "8", "--output", str(output)]) == 0
+    report = evaluate(tiny_data_folder, systems, llm=tiny_llm_folder, head=trained_head, max_queries=8)
+    assert report == json.loads(output.read_text())
+    assert list(report) == ["data", "queries", "passages", "systems", "heads", "latent"]
+    head = ProjectionHead.from_pretrained(trained_head)
+    assert report["heads"]["native-context"]["metrics"] == head.config.metrics["dev"] and report["latent"] == {}
+
+
+def test_a_system_of_ones_own_is_one_class_and_needs_are_checked_first(tiny_data_folder):
+    from native_retriever.cli import build_parser
+    from native_retriever.data import load_data
+    from native_retriever.errors import InvalidArgumentError
+    from native_retriever.evaluation import DEFAULT_SYSTEMS, SYSTEMS, System, evaluate_systems
+
+    data = load_data(tiny_data_folder, max_queries=10)
+
+    class Oracle:  # ranks each query's judged passages first
+        name, needs = "oracle", ()
+        calls = 0
+
+        def run(self, inputs):
+            Oracle.calls += 1
+            return {qid: dict.fromkeys(inputs.data.qrels[qid], 1.0) for qid in inputs.query_ids}
+
+    assert isinstance(Oracle(), System) and all(isinstance(s, System) for s in SYSTEMS.values())
+    assert build_parser().parse_args(["eval", "--data", "d"]).systems == ",".join(DEFAULT_SYSTEMS)
+    evaluate = build_parser()._subparsers._group_actions[0].choices["eval"]
+    assert all(name in next(a for a in evaluate._actions if a.dest == "systems").help for name in SYSTEMS)
+    report = evaluate_systems(data, [Oracle(), "bm25-question"])
+    assert list(report["systems"]) == ["oracle", "bm25-question"]
+    assert report["systems"]["oracle"] == {"recall@10": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0, "queries": 10}
+    # a system whose inputs are missing is refused before any system runs
+    with pytest.raises(InvalidArgumentError, match="'teacher-question' needs a Teacher"):
+        evaluate_systems(data, [Oracle(), "teacher-question"])
+    assert Oracle.calls == 1
+
+
+def test_chat_forgets_what_the_window_cut_and_the_llm_sees_the_same(
+    index_folder, trained_head, tiny_llm_folder, monkeypatch, capsys
+):
+    import native_retriever.agent as agent
+
+    real, seen, full = agent.native_turn, [], []
+
+    def recording(embedder, index, messages, k=3, **kwargs):
+        full.append(messages[-1])
+        assert embedder.encode(messages).input_ids == embedder.encode(full).input_ids  # nothing the LLM reads is lost
+        seen.append(len(messages))
+        result = real(embedder, index, messages, k=k, **kwargs)
+        full.append({"role": "assistant", "content": result.answer})
+        return result
+
+    monkeypatch.setattr(agent, "native_turn", recording)
+    turns = 16
+    question = "tell me about the Zorblat festival near Quenwick and who visits it?"
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"Turn {n}: {question}\n" for n in range(turns))))
+    assert main(["chat", str(index_folder), "--llm", tiny_llm_folder, "--head", str(trained_head), "-k", "2"]) == 0
+    assert len(seen) == turns and len(full) == 2 * turns
+    assert max(seen) <= 12 < 2 * turns - 1  # the history stays about one 256-token window long
+    assert capsys.readouterr().out.count("Assistant:") == turns

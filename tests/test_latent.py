@@ -511,6 +511,35 @@ def test_cli_latent_rationales_cache_and_use(tiny_llm_folder, tiny_data_folder, 
     assert saved["training"]["data"]["rationales"] == str(cache)
 
 
+def test_write_rationales_and_train_latent_from_folder_are_the_commands_as_calls(
+    tiny_llm_folder, tiny_data_folder, tmp_path
+):
+    from native_retriever.errors import HeadFileError
+    from native_retriever.latent.training import train_latent_from_folder, write_rationales
+
+    cache = tmp_path / "rationales.jsonl"
+    assert write_rationales(tiny_data_folder, cache, llm=tiny_llm_folder, max_queries=2, max_new_tokens=4) == 2
+    assert write_rationales(tiny_data_folder, cache, llm=tiny_llm_folder, max_queries=4, max_new_tokens=4) == 4
+    ids = [json.loads(line)["id"] for line in cache.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 4
+    out = tmp_path / "adapter"
+    config = small_config(checkpoint_every=10)
+    encoder = train_latent_from_folder(
+        tiny_data_folder, out, config, llm=tiny_llm_folder, rationales=str(cache), max_train_queries=4
+    )
+    training = encoder.config.training
+    assert training["examples"] == 4 and training["optimizer_steps"] == 1
+    assert training["data"] == {"name": "tiny", "queries": 4, "passages": 30, "rationales": str(cache)}
+    assert json.loads((out / "latent_config.json").read_text())["training"] == training
+    # a folder of the user's is refused before the data or the model loads
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(HeadFileError, match="did not write"):
+        train_latent_from_folder(tmp_path / "no-data", mine, config, llm=tmp_path / "no-llm")
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
 @pytest.mark.slow
 def test_real_smollm2_latent_view_beside_the_agent():
     from native_retriever.generation import generate_text

@@ -241,6 +241,45 @@ def test_split_off_holds_out_whole_conversations(split):
             np.testing.assert_array_equal(part.targets[row], split.targets[i])
 
 
+def test_train_head_from_folders_is_train_head_as_one_call(tiny_data_folder, tiny_llm_folder, tmp_path):
+    import json
+
+    from native_retriever.errors import DataFormatError, HeadFileError, InvalidArgumentError
+    from native_retriever.training.pipeline import train_head_from_folders
+
+    config = TrainConfig(**(SMALL | {"epochs": 2}))
+    head = train_head_from_folders(
+        tiny_data_folder,
+        dev_holdout=2,
+        output=tmp_path / "head",
+        config=config,
+        llm=tiny_llm_folder,
+        cache=tmp_path / "cache",
+        max_train_queries=12,
+        passage_queries=5,
+        max_tokens=256,
+    )
+    data = head.config.training["data"]
+    assert [d["name"] for d in data] == ["tiny", "tiny-passages"] and 0 < data[0]["queries"] < 12
+    assert 0 < data[1]["queries"] <= 5 and head.config.metrics["dev"]["data"] == "tiny"
+    assert len(head.config.metrics["history"]) == 2 and head.config.prompt_format["max_tokens"] == 256
+    saved = ProjectionHead.from_pretrained(tmp_path / "head")
+    assert saved.config.metrics == head.config.metrics
+    assert json.loads((tmp_path / "head" / "training_log.json").read_text()) == head.config.metrics["history"]
+    # arguments and the output folder are checked before any data or model loads
+    missing = {"llm": tmp_path / "no-llm", "cache": tmp_path / "cache"}
+    with pytest.raises(InvalidArgumentError, match="max_train_queries takes one number, or one per training folder"):
+        train_head_from_folders([tiny_data_folder], tiny_data_folder, max_train_queries=[3, 4], **missing)
+    with pytest.raises(InvalidArgumentError, match="exactly one of dev"):
+        train_head_from_folders(tiny_data_folder, tiny_data_folder, dev_holdout=2, **missing)
+    with pytest.raises(DataFormatError, match="no-data does not exist"):  # not the missing LLM: data is read first
+        train_head_from_folders(tmp_path / "no-data", tiny_data_folder, **missing)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "main.py").write_text("print('mine')")
+    with pytest.raises(HeadFileError, match="did not write"):
+        train_head_from_folders(tiny_data_folder, tiny_data_folder, output=tmp_path / "mine", **missing)
+
+
 def test_passage_queries_turn_each_passage_into_a_conversation_about_itself(data, teacher, tiny_tokenizer):
     passages = passage_queries(data, tiny_tokenizer, limit=4, exclude=frozenset({data.corpus[1]["id"]}))
     kept = [data.corpus[i] for i in (0, 2, 3)]

@@ -5,45 +5,26 @@ from __future__ import annotations
 import dataclasses
 import json
 
-RATIONALE_PROMPT = (
-    "Read this conversation and explain, in two or three short sentences, what its last question is really asking "
-    "about (resolve pronouns with names) and what information a passage must contain to answer it.\n\n"
-    "{history}\n\nLast question: {question}"
-)
-
-
-def earlier_turns(messages: list[dict]) -> str:
-    """The conversation before its current question, one message a line (the rationale prompt's context)."""
-    lines = [f"{m['role']}: {m['content']}" for m in messages[:-1] if m["role"] != "system"]
-    return "\n".join(lines) or "(no earlier turns)"
-
 
 def cmd_train_latent(args) -> None:
     """Train a latent-view adapter on one data folder and save it (adapter + latent_config.json + curves)."""
-    from ..data import load_data
-    from ..models import load_llm
-    from .training import LatentTrainConfig, build_examples, read_rationales, train_latent
+    from .training import LatentTrainConfig, train_latent_from_folder
 
     config = LatentTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatentTrainConfig)})
-    data = load_data(args.train)
-    rationales = read_rationales(args.rationales) if args.rationales else None
-    examples = build_examples(data, rationales, args.max_train_queries, config.hard_pool, config.seed)
-    model, tokenizer = load_llm(args.llm, device=args.device)
-    info = {"name": data.name, "queries": len(examples), "passages": len(data.corpus), "rationales": args.rationales}
-    encoder = train_latent(
-        model,
-        tokenizer,
-        examples,
-        [d["text"] for d in data.corpus],
-        config,
+    encoder = train_latent_from_folder(
+        args.train,
         args.output,
+        config,
+        llm=args.llm,
+        device=args.device,
+        rationales=args.rationales,
+        max_train_queries=args.max_train_queries,
         resume=args.resume,
-        data_info=info,
     )
     training = encoder.config.training
     print(
         json.dumps(
-            {"output": args.output, "examples": len(examples), "steps": training["optimizer_steps"]}
+            {"output": args.output, "examples": training["examples"], "steps": training["optimizer_steps"]}
             | {"seconds": training["seconds"], "rationales_cut": training["rationales_cut"]},
             indent=2,
         )
@@ -52,39 +33,20 @@ def cmd_train_latent(args) -> None:
 
 def cmd_latent_rationales(args) -> None:
     """Write (and extend) a cache of rationales produced by a local instruct model, one JSON line per query."""
-    from tqdm.auto import tqdm
-
     from ..checks import check_output_path
-    from ..data import load_data
-    from ..generation import generate_texts
-    from ..models import load_llm
+    from .training import write_rationales
 
-    output = check_output_path(args.output, "--output", kind="file")  # before the data and the model load
-    data = load_data(args.data)
-    done = set()
-    if output.is_file():
-        done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
-    queries = [q for q in data.queries[: args.max_queries] if q["id"] not in done]
-    model, tokenizer = load_llm(args.llm, device=args.device)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", encoding="utf-8") as handle:
-        for start in tqdm(range(0, len(queries), args.batch_size), desc="Writing rationales"):
-            chunk = queries[start : start + args.batch_size]
-            chats = [
-                [
-                    {
-                        "role": "user",
-                        "content": RATIONALE_PROMPT.format(
-                            history=earlier_turns(q["messages"]), question=q["question"]
-                        ),
-                    }
-                ]
-                for q in chunk
-            ]
-            for query, text in zip(chunk, generate_texts(model, tokenizer, chats, args.max_new_tokens)):
-                handle.write(json.dumps({"id": query["id"], "rationale": text}) + "\n")
-            handle.flush()
-    print(f"{len(done) + len(queries)} rationales in {output}.")
+    check_output_path(args.output, "--output", kind="file")  # named by its flag; write_rationales checks it again
+    count = write_rationales(
+        args.data,
+        args.output,
+        llm=args.llm,
+        device=args.device,
+        max_queries=args.max_queries,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    print(f"{count} rationales in {args.output}.")
 
 
 LATENT_TRAIN_HELP = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import time
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..conversation import PromptFormat, encode_conversation, history_text, reply_closing_ids
-from ..data import RetrievalData
+from ..data import RetrievalData, load_data
 from ..errors import DataFormatError
 from ..files import atomic_file, atomic_folder, check_output_folder, recover
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
@@ -467,3 +468,95 @@ def read_rationales(path: str | Path) -> dict[str, str]:
             except (json.JSONDecodeError, KeyError) as exc:
                 raise DataFormatError(f"{path}:{number}: expected {{'id', 'rationale'}} JSON ({exc}).") from exc
     return out
+
+
+def train_latent_from_folder(
+    folder: str | os.PathLike,
+    output: str | os.PathLike,
+    config: LatentTrainConfig | None = None,
+    *,
+    llm: str | os.PathLike | None = None,
+    device: str | None = None,
+    rationales: str | os.PathLike | None = None,
+    max_train_queries: int | None = None,
+    resume: bool = False,
+) -> LatentEncoder:
+    """Train a latent-view adapter on one data folder and save it to ``output``: what ``train-latent`` runs.
+
+    ``rationales``: a JSONL cache from ``write_rationales`` (default: the data's own ``rationale`` and ``answer``
+    fields). ``max_train_queries``: a random sample of N judged queries, seeded by ``config.seed``. ``output`` is
+    checked before any data or model loads; ``resume=True`` continues from ``output/checkpoint``. The training
+    facts (steps, seconds, rationales cut) are in ``encoder.config.training``.
+    """
+    from ..models import load_llm
+
+    config = config or LatentTrainConfig()
+    check_output_folder(output, "latent-adapter")  # before the data and the model load
+    data = load_data(folder)
+    cache = read_rationales(rationales) if rationales else None
+    examples = build_examples(data, cache, max_train_queries, config.hard_pool, config.seed)
+    model, tokenizer = load_llm(llm, device=device)
+    info = {"name": data.name, "queries": len(examples), "passages": len(data.corpus), "rationales": rationales}
+    corpus = [d["text"] for d in data.corpus]
+    return train_latent(model, tokenizer, examples, corpus, config, output, resume=resume, data_info=info)
+
+
+RATIONALE_PROMPT = (
+    "Read this conversation and explain, in two or three short sentences, what its last question is really asking "
+    "about (resolve pronouns with names) and what information a passage must contain to answer it.\n\n"
+    "{history}\n\nLast question: {question}"
+)
+
+
+def earlier_turns(messages: list[dict]) -> str:
+    """The conversation before its current question, one message a line (the rationale prompt's context)."""
+    lines = [f"{m['role']}: {m['content']}" for m in messages[:-1] if m["role"] != "system"]
+    return "\n".join(lines) or "(no earlier turns)"
+
+
+def write_rationales(
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    llm: str | os.PathLike | None = None,
+    device: str | None = None,
+    max_queries: int | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+) -> int:
+    """Write (and extend) a JSONL cache of rationales by a local instruct LLM, one ``{"id", "rationale"}`` per query:
+    what ``latent-rationales`` runs; queries the file holds are skipped. Returns how many rationales it holds.
+
+    ``data``: a data folder, whose first ``max_queries`` judged queries get rationales. ``output`` is checked before
+    the data and the model load; each batch is flushed, so an interrupted run keeps what it wrote.
+    """
+    from ..checks import check_output_path
+    from ..generation import generate_texts
+    from ..models import load_llm
+
+    output = check_output_path(output, "output", kind="file")  # before the data and the model load
+    loaded = load_data(data)
+    done = set()
+    if output.is_file():
+        done = {json.loads(line)["id"] for line in output.read_text().splitlines() if line.strip()}
+    queries = [q for q in loaded.queries[:max_queries] if q["id"] not in done]
+    model, tokenizer = load_llm(llm, device=device)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", encoding="utf-8") as handle:
+        for start in tqdm(range(0, len(queries), batch_size), desc="Writing rationales"):
+            chunk = queries[start : start + batch_size]
+            chats = [
+                [
+                    {
+                        "role": "user",
+                        "content": RATIONALE_PROMPT.format(
+                            history=earlier_turns(q["messages"]), question=q["question"]
+                        ),
+                    }
+                ]
+                for q in chunk
+            ]
+            for query, text in zip(chunk, generate_texts(model, tokenizer, chats, max_new_tokens)):
+                handle.write(json.dumps({"id": query["id"], "rationale": text}) + "\n")
+            handle.flush()
+    return len(done) + len(queries)
