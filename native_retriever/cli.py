@@ -84,12 +84,10 @@ def cmd_index(args) -> None:
     """Index a folder of text or Markdown files with the teacher."""
     from .checks import check_output_path
     from .documents import load_folder
-    from .files import check_output_folder
     from .index import VectorIndex
     from .teacher import Teacher
 
-    check_output_path(args.output, "--output", kind="folder", replaced=True)  # before any embedding
-    check_output_folder(args.output, "index")  # refuses a folder the package did not write
+    check_output_path(args.output, "--output", kind="folder", saves="index")  # before any embedding
     passages = load_folder(args.folder, max_words=args.max_words)
     teacher = Teacher.from_pretrained(args.teacher, device=args.device)
     vectors = teacher.encode([p["text"] for p in passages], show_progress=True)
@@ -133,15 +131,15 @@ def _per_folder(values: list, folders: list[str], flag: str) -> list:
 
 def cmd_train_head(args) -> None:
     """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
+    from .checks import check_output_path
     from .conversation import PromptFormat
     from .data import RetrievalData, load_data, passage_queries
-    from .files import check_output_folder
     from .models import cache_dir, llm_info, load_llm
     from .teacher import Teacher
     from .training.cache import cache_hidden_states, teacher_vectors
     from .training.trainer import Split, TrainConfig, head_config, train_head
 
-    check_output_folder(args.output, "head")  # before any data or model loads
+    check_output_path(args.output, "--output", kind="folder", saves="head")  # before any data or model loads
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     model, tokenizer = load_llm(args.llm, device=args.device)
     teacher = Teacher.from_pretrained(args.teacher, device=args.device)

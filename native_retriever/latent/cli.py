@@ -20,10 +20,12 @@ def earlier_turns(messages: list[dict]) -> str:
 
 def cmd_train_latent(args) -> None:
     """Train a latent-view adapter on one data folder and save it (adapter + latent_config.json + curves)."""
+    from ..checks import check_output_path
     from ..data import load_data
     from ..models import load_llm
     from .training import LatentTrainConfig, build_examples, read_rationales, train_latent
 
+    check_output_path(args.output, "--output", kind="folder", saves="latent-adapter")  # before data or model load
     config = LatentTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatentTrainConfig)})
     data = load_data(args.train)
     rationales = read_rationales(args.rationales) if args.rationales else None
