@@ -78,6 +78,11 @@ def _error(kind: str) -> type[FolderFileError]:
     return KIND_ERRORS.get(kind, FolderFileError)
 
 
+def _a(kind: object) -> str:
+    """``kind`` with its indefinite article ("a head", "an index")."""
+    return f"{'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def sha256_file(path: Path) -> str:
     """The sha256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -173,7 +178,7 @@ def _foreign(folder: Path, kind: str | None) -> list[str]:
     manifest = read_manifest(folder)
     if manifest:
         if kind is not None and manifest.get("kind") != kind:
-            return [f"{MANIFEST} (a native-retriever {manifest.get('kind')}, not a {kind})"]
+            return [f"{MANIFEST} (a native-retriever {manifest.get('kind')}, not {_a(kind)})"]
         listed = {name.split("/")[0] for name in manifest["files"]} | {MANIFEST}
         names -= listed
     elif manifest is None and kind is not None and names and _legacy_ok(folder, kind, names):
@@ -203,14 +208,20 @@ def check_output_folder(path: str | os.PathLike, kind: str) -> Path:
         return target
     if not target.is_dir():
         raise _error(kind)(
-            f"{target} exists and is not a folder; refusing to replace it by a {kind}. "
+            f"{target} exists and is not a folder; refusing to replace it by {_a(kind)}. "
             "Choose another output path, or remove that file."
+        )
+    other = (read_manifest(target) or {}).get("kind", kind)
+    if other != kind:
+        raise _error(kind)(
+            f"{target} holds a native-retriever {other}, not {_a(kind)}; refusing to replace it by {_a(kind)}. "
+            f"Choose another output path, or remove that {other} folder yourself if it is not needed."
         )
     foreign = _foreign(target, kind)
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise _error(kind)(
-            f"{target} holds files native-retriever did not write ({shown}); refusing to replace it by a {kind}. "
+            f"{target} holds files native-retriever did not write ({shown}); refusing to replace it by {_a(kind)}. "
             "Choose another output path, or remove that folder yourself if nothing in it is needed."
         )
     return target
@@ -364,7 +375,8 @@ def verify_folder(folder: str | os.PathLike, kind: str, trusted: tuple[str, ...]
             f"{MANIFEST_VERSION} (upgrade native-retriever, or {fix})."
         )
     if manifest.get("kind") != kind:
-        raise error(f"{folder} holds a native-retriever {manifest.get('kind')}, not a {kind}; pass a {kind} folder.")
+        other = manifest.get("kind")
+        raise error(f"{folder} holds a native-retriever {other}, not {_a(kind)}; pass {_a(kind)} folder.")
     problem = _verify_files(folder, manifest, trusted)
     if problem:
         raise error(f"{problem}; {fix}.")

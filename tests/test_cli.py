@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from native_retriever.cli import main
-from native_retriever.heads import ProjectionHead
+from native_retriever.heads import HeadConfig, ProjectionHead
 
 DOCS = {
     "festivals.md": "# Zorblat festival\n\nThe Zorblat festival in Quenwick fills the spring nights with paper "
@@ -381,3 +382,27 @@ def test_every_option_of_every_command_says_what_it_does_and_its_default():
             elif action.option_strings and action.required and "required" not in text:
                 missing.append(f"{flag}: does not say it is required")
     assert not missing, "\n".join(missing)
+
+
+@pytest.mark.parametrize("command", ["train-head", "train-latent", "index"])
+def test_commands_refuse_an_output_folder_they_did_not_write_before_any_model_loads(
+    command, tiny_data_folder, tmp_path, no_models, capsys
+):
+    """A folder of the user's files at -o was replaced by the head (rc 0); now it is refused and left as it was."""
+    docs, out, head = tmp_path / "docs", tmp_path / "project", tmp_path / "head"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Some text about the Zorblat festival.")
+    (out / "src").mkdir(parents=True)
+    (out / "src" / "main.py").write_text("print('my program')\n")
+    ProjectionHead(HeadConfig(hidden_size=8, output_dim=4, architecture="linear")).save_pretrained(head)
+    argv = {
+        "train-head": ["train-head", "--train", tiny_data_folder, "--dev", tiny_data_folder, "--llm", "llm", "-o"],
+        "train-latent": ["train-latent", "--train", tiny_data_folder, "--llm", "llm", "-o"],
+        "index": ["index", str(docs), "-o"],
+    }[command]
+    _refused([*argv, str(out)], capsys, out, "native-retriever did not write (src)", "Choose another output path")
+    assert [p.relative_to(out).as_posix() for p in sorted(out.rglob("*"))] == ["src", "src/main.py"]
+    assert (out / "src" / "main.py").read_text() == "print('my program')\n"
+    if command != "train-head":  # a folder the package wrote, but of another kind
+        _refused([*argv, str(head)], capsys, head, "holds a native-retriever head, not a", "refusing")
+    assert sorted(os.listdir(tmp_path)) == ["docs", "head", "project"]
