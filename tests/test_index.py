@@ -429,7 +429,7 @@ def test_concurrent_add_delete_search_and_save(tmp_path, kind, fast_switching):
 def test_gpu_searches_run_one_at_a_time(monkeypatch):
     """A faiss GPU index and its resources are not thread-safe: GPU searches take the index's lock alone (tested
     with a stand-in GPU index that counts the searches inside it)."""
-    idx, x, ids = _build("flat", n=300)
+    idx, x, ids = _build("flat", n=300, use_gpu=False)
     queries = _queries(8)
     expected = idx.search(queries, k=5)
     inside, peak, guard = [0], [0], threading.Lock()
