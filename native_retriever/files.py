@@ -6,7 +6,8 @@ through :func:`atomic_folder`: the new version is written into a hidden temp fol
 and folder is fsynced, a manifest (``native-retriever.json``: kind, format version, sha256 of every file) is added,
 and the temp folder is swapped with the target in one ``renameat2(RENAME_EXCHANGE)`` (Linux); elsewhere two renames,
 with the old copy kept as a hidden backup that :func:`recover` puts back if a crash fell between them. Saves to one
-folder are serialised by ``flock`` on the parent folder. A save replaces only a folder the package wrote
+folder are serialised by ``flock`` on the parent folder, and loads (:func:`reading`) take it shared, so they
+never read half of two versions. A save replaces only a folder the package wrote
 (:func:`check_output_folder`); anything else is refused before work starts.
 """
 
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import FolderFileError, HeadFileError, IncompatibleHeadError, IndexFileError
@@ -270,6 +271,29 @@ def recover(path: str | os.PathLike, kind: str | None = None) -> Path:
     except OSError:  # e.g. a read-only location: nothing to recover there
         pass
     return target
+
+
+@contextmanager
+def reading(path: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
+    """Yield ``path`` (recovered, see :func:`recover`) while a save into its parent folder waits.
+
+    A load reads a folder file by file; a save that swapped in a new version between two reads would give it half of
+    each (and a checksum error). Saves hold an exclusive ``flock`` on the parent; this holds a shared one, so loads
+    run side by side and a save waits for them. Where the parent cannot be locked the block runs unlocked.
+    """
+    target = recover(path, kind)
+    try:
+        fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:  # a missing parent: the loader reports the missing folder
+        fd = None
+    try:
+        if fd is not None:
+            with suppress(OSError):  # a filesystem without flock
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        yield target
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _write_manifest(folder: Path, kind: str) -> None:

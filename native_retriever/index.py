@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from .errors import DataFormatError, DimensionMismatchError, IndexFileError, NativeRetrieverError
-from .files import MANIFEST, atomic_folder, check_output_folder, recover, verify_folder
+from .files import MANIFEST, atomic_folder, check_output_folder, reading, verify_folder
 
 __all__ = ["SearchHit", "VectorIndex"]
 
@@ -350,8 +350,15 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], use_gpu: bool | None = None) -> VectorIndex:
-        """Read an index folder written by :meth:`save`; any problem raises IndexFileError."""
-        folder = recover(path, "index")
+        """Read an index folder written by :meth:`save`; any problem raises IndexFileError.
+
+        A save into the folder from another thread or process waits until the load has read it.
+        """
+        with reading(path, "index") as folder:
+            return cls._read(folder, use_gpu)
+
+    @classmethod
+    def _read(cls, folder: Path, use_gpu: bool | None) -> VectorIndex:
         if not folder.is_dir():
             raise IndexFileError(
                 f"no index folder at {folder}; build one with `native-retriever index` or `VectorIndex.save`"

@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,42 @@ def test_altered_files_are_refused_at_load_naming_the_file(tmp_path):
     (idx / "index.json").write_text(json.dumps(meta))
     with pytest.raises(IndexFileError, match=r"index.json does not match its sha256.*rebuild the index"):
         VectorIndex.load(idx)
+
+
+def test_loads_during_saves_read_one_whole_version(tmp_path):
+    """A server reloading a head or an index while another thread (or process) saves it got a checksum error (the
+    new files swapped in between two reads) telling it to rebuild a healthy index; loads now wait for the save."""
+    heads, indexes = [_head(0, v=0), _head(1, v=1)], [_index(n=300, seed=0), _index(n=200, seed=1)]
+    heads[0].save_pretrained(tmp_path / "head")
+    indexes[0].save(tmp_path / "idx")
+    stop, errors, counts = threading.Event(), [], {"saves": 0, "loads": 0}
+
+    def save():
+        while not stop.is_set():
+            v = counts["saves"] % 2
+            heads[v].save_pretrained(tmp_path / "head")
+            indexes[v].save(tmp_path / "idx")
+            counts["saves"] += 1
+
+    def load():
+        while not stop.is_set():
+            try:
+                head, idx = ProjectionHead.from_pretrained(tmp_path / "head"), VectorIndex.load(tmp_path / "idx")
+                assert _same_weights(head, heads[head.config.training["v"]])
+                assert idx.ids[0].startswith(("d0-", "d1-")) and len(idx) == {"d0-": 300, "d1-": 200}[idx.ids[0][:3]]
+            except Exception as exc:
+                errors.append(exc)
+            counts["loads"] += 1
+
+    threads = [threading.Thread(target=save), threading.Thread(target=load), threading.Thread(target=load)]
+    for thread in threads:
+        thread.start()
+    stop.wait(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, f"{len(errors)} of {counts['loads']} loads failed, the first: {errors[0]!r}"
+    assert counts["saves"] > 2 and counts["loads"] > 2, counts
 
 
 # -- defect 2: kill -9 at random moments ----------------------------------------------------------------------------
