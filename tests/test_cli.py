@@ -394,7 +394,9 @@ def test_commands_refuse_an_output_folder_they_did_not_write_before_any_model_lo
     (docs / "a.txt").write_text("Some text about the Zorblat festival.")
     (out / "src").mkdir(parents=True)
     (out / "src" / "main.py").write_text("print('my program')\n")
-    ProjectionHead(HeadConfig(hidden_size=8, output_dim=4, architecture="linear")).save_pretrained(head)
+    llm = {"name": "llm", "hidden_size": 8, "num_layers": 2, "vocab_size": 100, "fingerprint": [0.5]}
+    teacher = {"name": "teacher", "dim": 4, "fingerprint": [0.5]}
+    ProjectionHead(HeadConfig(8, 4, architecture="linear", llm=llm, teacher=teacher)).save_pretrained(head)
     argv = {
         "train-head": ["train-head", "--train", tiny_data_folder, "--dev", tiny_data_folder, "--llm", "llm", "-o"],
         "train-latent": ["train-latent", "--train", tiny_data_folder, "--llm", "llm", "-o"],

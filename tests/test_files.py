@@ -30,9 +30,16 @@ from native_retriever.latent import LatentEncoder
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def head_config(hidden_size: int, output_dim: int, **training) -> HeadConfig:
+    """A linear head's config with the identity sections a config needs (made-up LLM and teacher)."""
+    llm = {"name": "llm", "hidden_size": hidden_size, "num_layers": 2, "vocab_size": 100, "fingerprint": [0.5]}
+    teacher = {"name": "teacher", "dim": output_dim, "fingerprint": [0.5]}
+    return HeadConfig(hidden_size, output_dim, architecture="linear", llm=llm, teacher=teacher, training=training)
+
+
 def _head(seed: int = 0, **training) -> ProjectionHead:
     torch.manual_seed(seed)
-    return ProjectionHead(HeadConfig(hidden_size=16, output_dim=8, architecture="linear", training=training)).eval()
+    return ProjectionHead(head_config(16, 8, **training)).eval()
 
 
 def _index(n: int = 20, seed: int = 0) -> VectorIndex:
@@ -247,7 +254,9 @@ root = sys.argv[1]
 heads, indexes = [], []
 for v in (0, 1):
     torch.manual_seed(v)
-    heads.append(ProjectionHead(HeadConfig(hidden_size=128 * (v + 1), output_dim=256, architecture="linear")))
+    hidden, teacher = 128 * (v + 1), {"name": "teacher", "dim": 256, "fingerprint": [0.5]}
+    llm = {"name": "llm", "hidden_size": hidden, "num_layers": 2, "vocab_size": 100, "fingerprint": [0.5]}
+    heads.append(ProjectionHead(HeadConfig(hidden, 256, architecture="linear", llm=llm, teacher=teacher)))
     rng = np.random.default_rng(v)
     idx = VectorIndex(32, "flat", use_gpu=False)
     n = 3000 - 1000 * v
