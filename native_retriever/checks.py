@@ -1,4 +1,5 @@
-"""Checks that run before any work starts: output paths that can be written, lists of texts that are lists."""
+"""Checks that run before any work starts: output paths that can be written (and, for a package save, may be
+replaced), lists of texts that are lists."""
 
 from __future__ import annotations
 
@@ -8,23 +9,37 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import InputTypeError, InvalidArgumentError
+from .files import check_output_folder
 
 
 def check_output_path(
-    path: str | os.PathLike, what: str, *, kind: Literal["file", "folder"], replaced: bool = False
+    path: str | os.PathLike,
+    what: str,
+    *,
+    kind: Literal["file", "folder"],
+    replaced: bool = False,
+    saves: str | None = None,
 ) -> Path:
     """Refuse, before any model loads, an output path that the command could not write at its end.
 
     ``kind="file"``: ``path`` will be a file (an existing one is overwritten), so it must not be a folder.
     ``kind="folder"``: ``path`` will be a folder written into, so it must not be an existing file; with
     ``replaced=True`` the folder is written beside itself and renamed into place, so its parent must be writable too.
+    ``saves``: the folder will be replaced by a package save of that kind (``"head"``, ``"index"``, ...; implies
+    ``kind="folder", replaced=True``), so an existing folder must be one the package wrote
+    (:func:`native_retriever.files.check_output_folder`, which raises the kind's error).
     Missing parent folders are fine (they are created) as long as the nearest existing one is a writable folder.
     ``what`` names the option in the message (``"--output"``). Returns ``path`` as a Path; raises
-    InvalidArgumentError naming the path and the fix.
+    InvalidArgumentError (for ``saves``, a folder the package did not write: the kind's error) naming the path and
+    the fix.
     """
     target = Path(path)
     if str(path) == "":
         raise InvalidArgumentError(f"{what} is empty; pass a path to write.")
+    if saves is not None:
+        if kind != "folder":
+            raise ValueError("saves= names a kind of folder; pass kind='folder'")
+        replaced = True
     if target.exists():
         if kind == "file" and target.is_dir():
             raise InvalidArgumentError(f"{what} {target} is a folder; pass the path of a file to write.")
@@ -47,6 +62,8 @@ def check_output_path(
         raise InvalidArgumentError(
             f"{what} {target} cannot be written: the folder {ancestor} is not writable; pass a path you can write to."
         )
+    if saves is not None:
+        check_output_folder(target, saves)  # an existing folder must be one the package wrote
     return target
 
 

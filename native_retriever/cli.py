@@ -82,12 +82,10 @@ def cmd_index(args) -> None:
     """Index a folder of text or Markdown files with the teacher."""
     from .checks import check_output_path
     from .documents import load_folder
-    from .files import check_output_folder
     from .index import VectorIndex
     from .teacher import Teacher
 
-    check_output_path(args.output, "--output", kind="folder", replaced=True)  # before any embedding
-    check_output_folder(args.output, "index")  # refuses a folder the package did not write
+    check_output_path(args.output, "--output", kind="folder", saves="index")  # before any embedding
     passages = load_folder(args.folder, max_words=args.max_words)
     teacher = Teacher.from_pretrained(args.teacher, device=args.device)
     vectors = teacher.encode([p["text"] for p in passages], show_progress=True)
@@ -139,9 +137,11 @@ def _per_folder(values: list, folders: list[str], flag: str) -> list:
 
 def cmd_train_head(args) -> None:
     """Cache hidden states and teacher vectors, train a head with early stopping, save the best."""
+    from .checks import check_output_path
     from .training.pipeline import train_head_from_folders
     from .training.trainer import TrainConfig
 
+    check_output_path(args.output, "--output", kind="folder", saves="head")  # before any data or model loads
     # the count lists are checked before any data or model loads (train_head_from_folders checks the output folder)
     _per_folder(args.max_train_queries or [None], args.train, "--max-train-queries")
     _per_folder(args.passage_queries or [0], args.train, "--passage-queries")

@@ -6,7 +6,8 @@ through :func:`atomic_folder`: the new version is written into a hidden temp fol
 and folder is fsynced, a manifest (``native-retriever.json``: kind, format version, sha256 of every file) is added,
 and the temp folder is swapped with the target in one ``renameat2(RENAME_EXCHANGE)`` (Linux); elsewhere two renames,
 with the old copy kept as a hidden backup that :func:`recover` puts back if a crash fell between them. Saves to one
-folder are serialised by ``flock`` on the parent folder. A save replaces only a folder the package wrote
+folder are serialised by ``flock`` on the parent folder, and loads (:func:`reading`) take it shared, so they
+never read half of two versions. A save replaces only a folder the package wrote
 (:func:`check_output_folder`); anything else is refused before work starts.
 """
 
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import FolderFileError, HeadFileError, IncompatibleHeadError, IndexFileError
@@ -76,6 +77,11 @@ _exchange_supported = True  # cleared at the first EINVAL/ENOSYS (a filesystem o
 
 def _error(kind: str) -> type[FolderFileError]:
     return KIND_ERRORS.get(kind, FolderFileError)
+
+
+def _a(kind: object) -> str:
+    """``kind`` with its indefinite article ("a head", "an index")."""
+    return f"{'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind}"
 
 
 def sha256_file(path: Path) -> str:
@@ -173,7 +179,7 @@ def _foreign(folder: Path, kind: str | None) -> list[str]:
     manifest = read_manifest(folder)
     if manifest:
         if kind is not None and manifest.get("kind") != kind:
-            return [f"{MANIFEST} (a native-retriever {manifest.get('kind')}, not a {kind})"]
+            return [f"{MANIFEST} (a native-retriever {manifest.get('kind')}, not {_a(kind)})"]
         listed = {name.split("/")[0] for name in manifest["files"]} | {MANIFEST}
         names -= listed
     elif manifest is None and kind is not None and names and _legacy_ok(folder, kind, names):
@@ -203,14 +209,20 @@ def check_output_folder(path: str | os.PathLike, kind: str) -> Path:
         return target
     if not target.is_dir():
         raise _error(kind)(
-            f"{target} exists and is not a folder; refusing to replace it by a {kind}. "
+            f"{target} exists and is not a folder; refusing to replace it by {_a(kind)}. "
             "Choose another output path, or remove that file."
+        )
+    other = (read_manifest(target) or {}).get("kind", kind)
+    if other != kind:
+        raise _error(kind)(
+            f"{target} holds a native-retriever {other}, not {_a(kind)}; refusing to replace it by {_a(kind)}. "
+            f"Choose another output path, or remove that {other} folder yourself if it is not needed."
         )
     foreign = _foreign(target, kind)
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise _error(kind)(
-            f"{target} holds files native-retriever did not write ({shown}); refusing to replace it by a {kind}. "
+            f"{target} holds files native-retriever did not write ({shown}); refusing to replace it by {_a(kind)}. "
             "Choose another output path, or remove that folder yourself if nothing in it is needed."
         )
     return target
@@ -259,6 +271,29 @@ def recover(path: str | os.PathLike, kind: str | None = None) -> Path:
     except OSError:  # e.g. a read-only location: nothing to recover there
         pass
     return target
+
+
+@contextmanager
+def reading(path: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
+    """Yield ``path`` (recovered, see :func:`recover`) while a save into its parent folder waits.
+
+    A load reads a folder file by file; a save that swapped in a new version between two reads would give it half of
+    each (and a checksum error). Saves hold an exclusive ``flock`` on the parent; this holds a shared one, so loads
+    run side by side and a save waits for them. Where the parent cannot be locked the block runs unlocked.
+    """
+    target = recover(path, kind)
+    try:
+        fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:  # a missing parent: the loader reports the missing folder
+        fd = None
+    try:
+        if fd is not None:
+            with suppress(OSError):  # a filesystem without flock
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        yield target
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _write_manifest(folder: Path, kind: str) -> None:
@@ -364,7 +399,8 @@ def verify_folder(folder: str | os.PathLike, kind: str, trusted: tuple[str, ...]
             f"{MANIFEST_VERSION} (upgrade native-retriever, or {fix})."
         )
     if manifest.get("kind") != kind:
-        raise error(f"{folder} holds a native-retriever {manifest.get('kind')}, not a {kind}; pass a {kind} folder.")
+        other = manifest.get("kind")
+        raise error(f"{folder} holds a native-retriever {other}, not {_a(kind)}; pass {_a(kind)} folder.")
     problem = _verify_files(folder, manifest, trusted)
     if problem:
         raise error(f"{problem}; {fix}.")

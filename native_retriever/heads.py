@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import HeadConfigError, HeadFileError, IncompatibleHeadError
-from .files import atomic_folder, check_identity, read_config, recover, verify_folder
+from .files import atomic_folder, check_identity, read_config, reading, verify_folder
 
 HEAD_FORMAT = "native-retriever-head"
 HEAD_VERSION = 2  #: the config.json version this package writes
@@ -377,8 +377,15 @@ class ProjectionHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ProjectionHead:
-        """Load a head folder; missing, corrupt or altered files (sha256 of its manifest) raise HeadFileError."""
-        folder = recover(folder, "head")
+        """Load a head folder; missing, corrupt or altered files (sha256 of its manifest) raise HeadFileError.
+
+        A save into the folder from another thread or process waits until the load has read it.
+        """
+        with reading(folder, "head") as path:
+            return cls._read(path)
+
+    @classmethod
+    def _read(cls, folder: Path) -> ProjectionHead:
         config_path, weights_path = folder / "config.json", folder / "head.safetensors"
         for path in (config_path, weights_path):
             if not path.is_file():

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from .errors import DataFormatError, DimensionMismatchError, IndexFileError, NativeRetrieverError
-from .files import MANIFEST, atomic_folder, check_output_folder, recover, verify_folder
+from .files import MANIFEST, atomic_folder, check_output_folder, reading, verify_folder
 
 __all__ = ["SearchHit", "VectorIndex"]
 
@@ -79,6 +79,9 @@ class VectorIndex:
     is the source of truth and is what ``save`` writes; with ``use_gpu`` (default: when faiss has GPUs)
     flat/ivf searches run on a GPU copy that is refreshed after each change. ``info`` is free-form JSON
     metadata saved with the index (e.g. ``{"embedder": ...}``, named in dimension errors).
+
+    Every method may be called from many threads: a readers-writer lock lets searches, reads and ``save``'s
+    snapshot run side by side while ``add``, ``delete`` and ``compact`` run alone; GPU searches run alone too.
     """
 
     def __init__(
@@ -141,23 +144,26 @@ class VectorIndex:
     @property
     def ids(self) -> list[str]:
         """Live ids in insertion order."""
-        return list(self._records)
+        with self._lock.read():
+            return list(self._records)
 
     def __len__(self) -> int:
-        return len(self._records)
+        with self._lock.read():
+            return len(self._records)
 
     def __contains__(self, id: object) -> bool:
-        return id in self._records
+        with self._lock.read():
+            return id in self._records
 
     def __repr__(self) -> str:
         return f"VectorIndex(dim={self._dim}, kind={self._kind!r}, count={len(self)})"
 
     def get(self, id: str) -> SearchHit:
         """The stored record of ``id`` as a :class:`SearchHit` with score 0.0; KeyError if unknown."""
-        try:
-            rec = self._records[id]
-        except KeyError:
-            raise KeyError(f"no record with id {id!r} in the index") from None
+        with self._lock.read():
+            rec = self._records.get(id)
+        if rec is None:
+            raise KeyError(f"no record with id {id!r} in the index")
         return SearchHit(id=id, text=rec.text, score=0.0, metadata=copy.deepcopy(rec.metadata))
 
     # ------------------------------------------------------------------ mutation
@@ -266,8 +272,12 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ search
     def search(self, query_vectors: Any, k: int = 10) -> list[list[SearchHit]]:
-        """Top-``k`` hits per query, best first; a 1-d vector is one query (still a list of one list)."""
-        with self._lock.read():
+        """Top-``k`` hits per query, best first; a 1-d vector is one query (still a list of one list).
+
+        Safe to call from many threads: CPU searches run side by side, GPU searches one at a time (a faiss GPU
+        index and its resources are not thread-safe).
+        """
+        with self._lock.write() if self._use_gpu else self._lock.read():
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
                 raise ValueError(f"k must be a positive integer, got {k!r}")
             q = self._matrix(query_vectors, "query vector")
@@ -340,8 +350,15 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], use_gpu: bool | None = None) -> VectorIndex:
-        """Read an index folder written by :meth:`save`; any problem raises IndexFileError."""
-        folder = recover(path, "index")
+        """Read an index folder written by :meth:`save`; any problem raises IndexFileError.
+
+        A save into the folder from another thread or process waits until the load has read it.
+        """
+        with reading(path, "index") as folder:
+            return cls._read(folder, use_gpu)
+
+    @classmethod
+    def _read(cls, folder: Path, use_gpu: bool | None) -> VectorIndex:
         if not folder.is_dir():
             raise IndexFileError(
                 f"no index folder at {folder}; build one with `native-retriever index` or `VectorIndex.save`"

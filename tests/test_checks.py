@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from native_retriever.checks import check_output_path, text_list
-from native_retriever.errors import InputTypeError, InvalidArgumentError
+from native_retriever.errors import HeadFileError, IndexFileError, InputTypeError, InvalidArgumentError
 
 
 def test_output_paths_that_can_be_written_pass(tmp_path):
@@ -31,6 +31,25 @@ def test_output_paths_that_cannot_be_written_are_refused_naming_them(tmp_path):
         with pytest.raises(InvalidArgumentError, match=message) as info:
             check_output_path(path, "--output", kind=kind)
         assert str(info.value).startswith(f"--output {path}" if path else "--output is empty")
+
+
+def test_output_folders_of_package_saves_must_be_folders_the_package_wrote(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("user data")
+    (tmp_path / "notes.txt").write_text("user data")
+    new = tmp_path / "new" / "index"
+    assert check_output_path(new, "-o", kind="folder", saves="index") == new
+    assert check_output_path(tmp_path / "empty", "-o", kind="folder", saves="head") == tmp_path / "empty"
+    with pytest.raises(HeadFileError, match=r"did not write \(notes.txt\); refusing to replace it by a head"):
+        check_output_path(tmp_path / "mine", "--output", kind="folder", saves="head")
+    with pytest.raises(IndexFileError, match=r"refusing to replace it by an index"):
+        check_output_path(tmp_path / "mine", "--output", kind="folder", saves="index")
+    with pytest.raises(InvalidArgumentError, match="--output .* is an existing file, not a folder"):
+        check_output_path(tmp_path / "notes.txt", "--output", kind="folder", saves="head")
+    with pytest.raises(ValueError, match="kind='folder'"):
+        check_output_path(tmp_path / "x", "--output", kind="file", saves="head")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "user data" and not (tmp_path / "new").exists()
 
 
 def test_text_list_refuses_a_bare_string():

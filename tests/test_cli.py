@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from native_retriever.cli import main
-from native_retriever.heads import ProjectionHead
+from native_retriever.heads import HeadConfig, ProjectionHead
 
 DOCS = {
     "festivals.md": "# Zorblat festival\n\nThe Zorblat festival in Quenwick fills the spring nights with paper "
@@ -452,3 +453,29 @@ def test_chat_forgets_what_the_window_cut_and_the_llm_sees_the_same(
     assert len(seen) == turns and len(full) == 2 * turns
     assert max(seen) <= 12 < 2 * turns - 1  # the history stays about one 256-token window long
     assert capsys.readouterr().out.count("Assistant:") == turns
+
+
+@pytest.mark.parametrize("command", ["train-head", "train-latent", "index"])
+def test_commands_refuse_an_output_folder_they_did_not_write_before_any_model_loads(
+    command, tiny_data_folder, tmp_path, no_models, capsys
+):
+    """A folder of the user's files at -o was replaced by the head (rc 0); now it is refused and left as it was."""
+    docs, out, head = tmp_path / "docs", tmp_path / "project", tmp_path / "head"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Some text about the Zorblat festival.")
+    (out / "src").mkdir(parents=True)
+    (out / "src" / "main.py").write_text("print('my program')\n")
+    llm = {"name": "llm", "hidden_size": 8, "num_layers": 2, "vocab_size": 100, "fingerprint": [0.5]}
+    teacher = {"name": "teacher", "dim": 4, "fingerprint": [0.5]}
+    ProjectionHead(HeadConfig(8, 4, architecture="linear", llm=llm, teacher=teacher)).save_pretrained(head)
+    argv = {
+        "train-head": ["train-head", "--train", tiny_data_folder, "--dev", tiny_data_folder, "--llm", "llm", "-o"],
+        "train-latent": ["train-latent", "--train", tiny_data_folder, "--llm", "llm", "-o"],
+        "index": ["index", str(docs), "-o"],
+    }[command]
+    _refused([*argv, str(out)], capsys, out, "native-retriever did not write (src)", "Choose another output path")
+    assert [p.relative_to(out).as_posix() for p in sorted(out.rglob("*"))] == ["src", "src/main.py"]
+    assert (out / "src" / "main.py").read_text() == "print('my program')\n"
+    if command != "train-head":  # a folder the package wrote, but of another kind
+        _refused([*argv, str(head)], capsys, head, "holds a native-retriever head, not a", "refusing")
+    assert sorted(os.listdir(tmp_path)) == ["docs", "head", "project"]

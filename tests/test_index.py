@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
+import time
 
 import faiss
 import numpy as np
@@ -332,3 +335,129 @@ def test_constructor_validation():
         VectorIndex(0)
     with pytest.raises(ValueError, match="CPU only"):
         VectorIndex(DIM, "hnsw", use_gpu=True)
+
+
+# ---------------------------------------------------------------------- threads
+BATCH = 50  # records are added and deleted 50 at a time, so a consistent view always holds a multiple of 50
+
+
+@pytest.fixture
+def fast_switching():
+    """Switch threads every 10 microseconds, so that unguarded reads land inside another thread's add."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(interval)
+
+
+def _run_threads(workers: list, seconds: float) -> None:
+    stop, errors = threading.Event(), []
+
+    def loop(work):
+        try:
+            while not stop.is_set():
+                work()
+        except BaseException as exc:  # reported below with its traceback
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(work,)) for work in workers]
+    for thread in threads:
+        thread.start()
+    stop.wait(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a thread is stuck (deadlock?)"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_concurrent_add_delete_search_and_save(tmp_path, kind, fast_switching):
+    """Agents and servers share one index: add, delete, search, read and save at once from many threads."""
+    k = 10
+    idx = VectorIndex(DIM, kind, use_gpu=False)
+    base = [f"base{i}" for i in range(4 * BATCH)]  # never deleted: every search has at least k live records
+    idx.add(base, _clustered(len(base)), [f"text of {i}" for i in base])
+    ever = set(base)  # ids are put here before they are added
+    added: list[list[str]] = []
+    counter = iter(range(10**9))
+    queries = _queries(4, seed=3)
+    saves = [0]
+
+    def add():
+        ids = [f"n{next(counter)}" for _ in range(BATCH)]
+        ever.update(ids)
+        idx.add(ids, _clustered(BATCH, seed=len(ever)), [f"text of {i}" for i in ids], [{"id": i} for i in ids])
+        added.append(ids)
+
+    def delete():
+        if len(added) > 2:
+            idx.delete(added.pop(0))
+
+    def check(hits: list[SearchHit]) -> None:
+        assert len(hits) == k and len({h.id for h in hits}) == k
+        assert all(h.id in ever and h.text == f"text of {h.id}" for h in hits)
+        assert all(a.score >= b.score - 1e-5 for a, b in zip(hits, hits[1:]))
+
+    def search():
+        for hits in idx.search(queries, k=k):
+            check(hits)
+
+    def read():
+        ids, count = idx.ids, len(idx)
+        assert len(ids) % BATCH == 0 and count % BATCH == 0, (len(ids), count)
+        assert "base0" in idx and idx.get("base1").text == "text of base1"
+        assert repr(idx).startswith(f"VectorIndex(dim={DIM}")
+
+    def save():
+        folder = idx.save(tmp_path / f"idx{saves[0] % 2}")
+        saves[0] += 1
+        loaded = VectorIndex.load(folder)
+        assert len(loaded) % BATCH == 0 and set(base) <= set(loaded.ids) and set(loaded.ids) <= ever
+        for hits in loaded.search(queries, k=k):
+            check(hits)
+
+    _run_threads([add, add, delete, search, search, read, save], seconds=1.5)
+    assert saves[0] > 0 and len(added) > 2
+    live = set(idx.ids)
+    assert live == set(base) | {i for ids in added for i in ids} and len(idx) == len(live)
+    assert sorted(os.listdir(tmp_path)) == ["idx0", "idx1"][: min(saves[0], 2)]
+
+
+def test_gpu_searches_run_one_at_a_time(monkeypatch):
+    """A faiss GPU index and its resources are not thread-safe: GPU searches take the index's lock alone (tested
+    with a stand-in GPU index that counts the searches inside it)."""
+    idx, x, ids = _build("flat", n=300, use_gpu=False)
+    queries = _queries(8)
+    expected = idx.search(queries, k=5)
+    inside, peak, guard = [0], [0], threading.Lock()
+
+    class FakeGpuIndex:
+        def __init__(self, cpu_index):
+            self.cpu_index = cpu_index
+
+        def search(self, q, k):
+            with guard:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            try:
+                time.sleep(0.002)  # a GPU search releases the GIL too
+                return self.cpu_index.search(q, k)
+            finally:
+                with guard:
+                    inside[0] -= 1
+
+    monkeypatch.setattr(index_mod.faiss, "index_cpu_to_gpu", lambda res, dev, index: FakeGpuIndex(index), raising=False)
+    monkeypatch.setattr(index_mod, "_gpu_resources", lambda: None)
+    monkeypatch.setattr(idx, "_use_gpu", True)
+    calls = [0]
+
+    def search():
+        assert idx.search(queries, k=5) == expected
+        calls[0] += 1
+
+    _run_threads([search] * 4, seconds=0.5)
+    assert calls[0] > 8 and peak[0] == 1, (calls[0], peak[0])
+    assert isinstance(idx._gpu_index, FakeGpuIndex)  # the searches did run on the (stand-in) GPU copy

@@ -8,8 +8,10 @@ import json
 
 def cmd_train_latent(args) -> None:
     """Train a latent-view adapter on one data folder and save it (adapter + latent_config.json + curves)."""
+    from ..checks import check_output_path
     from .training import LatentTrainConfig, train_latent_from_folder
 
+    check_output_path(args.output, "--output", kind="folder", saves="latent-adapter")  # before data or model load
     config = LatentTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatentTrainConfig)})
     encoder = train_latent_from_folder(
         args.train,
