@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .bm25 import bm25_top
 from .errors import DataFormatError, InvalidArgumentError
 from .generation import generate_queries
 
@@ -140,14 +141,7 @@ def needs_teacher(systems: Sequence[str]) -> bool:
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
     """BM25 (bm25s, English stop words) of the current question alone."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(
-        bm25s.tokenize([d["text"] for d in data.corpus], stopwords="en", show_progress=False), show_progress=False
-    )
-    tokens = bm25s.tokenize([q["question"] for q in data.queries], stopwords="en", show_progress=False)
-    docs, scores = retriever.retrieve(tokens, k=min(k, len(data.corpus)), show_progress=False)
+    docs, scores = bm25_top([d["text"] for d in data.corpus], [q["question"] for q in data.queries], k)
     return {
         q["id"]: {data.corpus[int(d)]["id"]: float(s) for d, s in zip(docs[row], scores[row])}
         for row, q in enumerate(data.queries)
