@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from .compat import cache_kwargs
-from .conversation import EncodedConversation, clean_query, rewrite_messages, validate_conversation
+from .conversation import EncodedConversation, clean_query, kept_messages, rewrite_messages, validate_conversation
 from .errors import ConversationError
 from .index import SearchHit
 
@@ -31,9 +31,14 @@ if TYPE_CHECKING:
 ANSWER_SYSTEM_PROMPT = "Answer the user's last question in one short sentence, using only these passages:"
 
 
+def numbered_passages(texts: Iterable[str]) -> str:
+    """Passages as the answering LLM reads them: one a line, numbered from 1 (``[1] first\n[2] second``)."""
+    return "\n".join(f"[{n}] {text}" for n, text in enumerate(texts, 1))
+
+
 def answer_messages(messages: Sequence, hits: Sequence[SearchHit]) -> list[dict]:
     """The conversation with the retrieved passages put in front as a system message."""
-    passages = "\n".join(f"[{n}] {hit.text}" for n, hit in enumerate(hits, 1))
+    passages = numbered_passages(hit.text for hit in hits)
     conversation = [m for m in validate_conversation(messages) if m["role"] != "system"]
     return [{"role": "system", "content": f"{ANSWER_SYSTEM_PROMPT}\n{passages}"}, *conversation]
 
@@ -72,8 +77,7 @@ class _Clock:
 
 def passages_text(hits: Sequence[SearchHit]) -> str:
     """The tool result: numbered passages, then the answering instruction."""
-    passages = "\n".join(f"[{n}] {hit.text}" for n, hit in enumerate(hits, 1))
-    return f"{passages}\n{TOOL_INSTRUCTION}"
+    return f"{numbered_passages(hit.text for hit in hits)}\n{TOOL_INSTRUCTION}"
 
 
 def tool_messages(hits: Sequence[SearchHit], call: str = SEARCH_CALL, role: str = TOOL_ROLE) -> list[dict]:
@@ -84,12 +88,7 @@ def tool_messages(hits: Sequence[SearchHit], call: str = SEARCH_CALL, role: str 
 def formatted_messages(embedder: NativeEmbedder, messages: Sequence) -> tuple[list[dict], EncodedConversation]:
     """The messages ``embedder.encode`` kept (window cut, system prompt added) and their encoding."""
     encoded = embedder.encode(messages)
-    checked = validate_conversation(messages)
-    system = embedder.prompt_format.system_prompt
-    if system is not None and checked[0]["role"] != "system":
-        checked = [{"role": "system", "content": system}, *checked]
-    first = 1 if checked[0]["role"] == "system" else 0
-    return checked[:first] + checked[first + encoded.dropped_messages :], encoded
+    return kept_messages(messages, embedder.prompt_format, encoded.dropped_messages), encoded
 
 
 def appended_ids(tokenizer, messages: Sequence[dict], prefix_ids: Sequence[int], extra: Sequence[dict]) -> list[int]:

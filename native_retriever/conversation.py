@@ -97,6 +97,14 @@ def _with_system(messages: list[dict], fmt: PromptFormat) -> list[dict]:
     return messages
 
 
+def kept_messages(messages: Sequence, fmt: PromptFormat, dropped_messages: int) -> list[dict]:
+    """The messages an encoding of ``messages`` rendered: ``fmt``'s system prompt added (when the conversation has
+    none), then the oldest ``dropped_messages`` after the system message left out (``EncodedConversation``'s cut)."""
+    kept = _with_system(validate_conversation(messages), fmt)
+    first = 1 if kept[0]["role"] == "system" else 0
+    return kept[:first] + kept[first + dropped_messages :]
+
+
 # Private-use characters (no whitespace: a template's trim leaves them alone) mark where each content goes.
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
 
