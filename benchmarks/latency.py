@@ -45,6 +45,7 @@ from native_retriever import NativeEmbedder, VectorIndex
 from native_retriever.agent import classic_turn, native_turn, passage_overlap
 from native_retriever.data import load_data
 from native_retriever.models import cache_dir
+from native_retriever.states import pad_token_id
 
 LENGTH_TARGETS = (64, 192, 400)  # formatted conversation tokens: short, medium, long
 
@@ -177,7 +178,7 @@ def batch_scaling(embedder, teacher, conversations: list[dict], sizes: list[int]
             break
         encoded = [embedder.encode(m) for m in chunk]
         longest = max(len(e.input_ids) for e in encoded)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(tokenizer)
         ids = torch.tensor([[pad] * (longest - len(e.input_ids)) + e.input_ids for e in encoded])
         mask = torch.tensor([[0] * (longest - len(e.input_ids)) + [1] * len(e.input_ids) for e in encoded])
         prefill, head, teach = [], [], []

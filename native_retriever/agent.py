@@ -22,6 +22,7 @@ from .compat import cache_kwargs
 from .conversation import EncodedConversation, clean_query, kept_messages, rewrite_messages, validate_conversation
 from .errors import ConversationError
 from .index import SearchHit
+from .states import pad_token_id
 
 if TYPE_CHECKING:
     from .embedder import NativeEmbedder
@@ -126,7 +127,6 @@ def continue_greedy(
     if cache.get_seq_length() >= len(input_ids):
         raise ValueError("The cache covers the whole prompt; leave at least its last token out of the prefill.")
     ids = torch.tensor([list(input_ids)], device=_device(model))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
@@ -134,7 +134,7 @@ def continue_greedy(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         do_sample=False,
-        pad_token_id=pad,
+        pad_token_id=pad_token_id(tokenizer),
     )
     return out[0, ids.shape[1] :].tolist()
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .conversation import clean_query, rewrite_messages
+from .states import pad_token_id
 
 
 def generate_text(model, tokenizer, messages: Sequence[dict], max_new_tokens: int) -> str:
@@ -29,7 +30,7 @@ def generate_texts(model, tokenizer, chats: Sequence[Sequence[dict]], max_new_to
         **batch,
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        pad_token_id=pad_token_id(tokenizer),
     )
     return [
         text.strip() for text in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

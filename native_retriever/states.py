@@ -9,6 +9,18 @@ import torch
 from .conversation import EncodedConversation
 
 
+def pad_token_id(source) -> int:
+    """The id to pad batches with: ``source``'s ``pad_token_id``, else its ``eos_token_id`` (the first of several),
+    else 0. ``source`` is a tokenizer or a model config; padded positions are masked, so any valid id serves."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(source, name, None)
+        if isinstance(value, list | tuple):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
+
+
 @torch.inference_mode()
 def token_states(model, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
     """One prefill of each token sequence (right-padded batch); returns (T_i, H) states per sequence.
@@ -17,8 +29,7 @@ def token_states(model, sequences: Sequence[Sequence[int]], layers: Sequence[int
     """
     device = next(model.parameters()).device
     longest = max(len(ids) for ids in sequences)
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    input_ids = torch.full((len(sequences), longest), pad, dtype=torch.long)
+    input_ids = torch.full((len(sequences), longest), pad_token_id(model.config), dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, ids in enumerate(sequences):
         input_ids[row, : len(ids)] = torch.tensor(ids)

@@ -185,3 +185,14 @@ def test_embedding_does_not_switch_the_model_to_train_mode_or_track_grads(embedd
     assert isinstance(vector, np.ndarray)
     assert all(p.grad is None for p in embedder.model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_pad_token_id_falls_back_to_eos_then_zero(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from native_retriever.states import pad_token_id
+
+    assert pad_token_id(tiny_tokenizer) == tiny_tokenizer.pad_token_id
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=7)) == 7
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=[5, 9])) == 5  # configs with several eos ids
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None)) == 0

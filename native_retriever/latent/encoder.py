@@ -26,6 +26,7 @@ from ..compat import cache_kwargs, output_cache
 from ..conversation import PromptFormat, encode_conversation, encode_document
 from ..errors import HeadFileError
 from ..files import atomic_folder, recover, verify_folder
+from ..states import pad_token_id
 from .config import LatentConfig, check_k
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -104,8 +105,7 @@ class LatentEncoder:
         self.tokenizer = tokenizer
         self.config = config
         self.prompt_format = PromptFormat.from_dict(config.prompt_format)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad if pad is not None else 0)
+        self.pad_id = pad_token_id(tokenizer)
         self.peft_model.base_model.disable_adapter_layers()
 
     @staticmethod
