@@ -431,6 +431,22 @@ def test_vector_store_of_another_dimension(embeddings, corpus):
         retriever.invoke("Who built it?")
 
 
+def test_store_dimension_reads_each_store_the_integration_checks(corpus):
+    from types import SimpleNamespace
+
+    from native_retriever.integrations import store_dimension
+
+    assert store_dimension(VectorIndex(16)) == 16
+    memory = InMemoryVectorStore(DeterministicFakeEmbedding(size=8))
+    assert store_dimension(memory) is None  # empty: nothing to read yet
+    memory.add_documents(corpus[:3])
+    assert store_dimension(memory) == 8
+    # langchain_community's FAISS is not installed here: a store holding a faiss index as ``index`` (its layout)
+    faiss = pytest.importorskip("faiss")
+    assert store_dimension(SimpleNamespace(index=faiss.IndexFlatIP(12))) == 12
+    assert store_dimension(SimpleNamespace()) is None
+
+
 def test_store_and_embedder_types(embeddings):
     with pytest.raises(TypeError, match="VectorIndex or a LangChain VectorStore"):
         NativeRetriever(embeddings=embeddings, store=["not", "a", "store"])
