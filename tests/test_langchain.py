@@ -351,6 +351,9 @@ def test_async_embedding_does_not_block_the_event_loop(embedder):
             assert self.open.wait(10), "the event loop was blocked while embedding"
             return embedder.embed_documents(texts)
 
+        def embed_conversations(self, conversations):  # the Embedder protocol's batch call (not used here)
+            return embedder.embed_conversations(conversations)
+
     gated = Gated()
     gated_embeddings = NativeEmbeddings(gated)
 

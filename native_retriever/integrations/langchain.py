@@ -37,6 +37,7 @@ from pydantic import ConfigDict, field_validator
 from ..embedder import NativeEmbedder
 from ..errors import ConversationError, DimensionMismatchError
 from ..index import VectorIndex
+from ..protocols import Embedder, missing_members
 
 __all__ = [
     "NativeEmbeddings",
@@ -144,17 +145,18 @@ def model_and_tokenizer(llm: Any) -> tuple[Any, Any]:
 class NativeEmbeddings(Embeddings):
     """LangChain ``Embeddings``: queries through the agent LLM and the head, documents through the teacher.
 
-    ``embedder`` is a :class:`~native_retriever.NativeEmbedder` (or any embedder with the same public methods).
+    ``embedder`` is a :class:`~native_retriever.NativeEmbedder`, a latent-view embedder or any other
+    :class:`~native_retriever.protocols.Embedder`.
     Inside ``with embeddings.conversation(chat_history):`` ``embed_query(question)`` embeds the conversation.
     """
 
-    def __init__(self, embedder: Any) -> None:
-        for name in ("embed_conversation", "embed_query", "embed_documents", "dimension"):
-            if not hasattr(embedder, name):
-                raise TypeError(
-                    f"NativeEmbeddings wraps a NativeEmbedder, got {type(embedder).__name__} (no {name!r}); "
-                    "use NativeEmbeddings.from_llm(llm) to build one from a LangChain LLM."
-                )
+    def __init__(self, embedder: Embedder) -> None:
+        if not isinstance(embedder, Embedder):
+            raise TypeError(
+                f"NativeEmbeddings wraps a NativeEmbedder, got {type(embedder).__name__} (no "
+                f"{', '.join(map(repr, missing_members(embedder)))}); use NativeEmbeddings.from_llm(llm) to build one "
+                "from a LangChain LLM."
+            )
         self.embedder = embedder
 
     @classmethod

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversationError, DimensionMismatchError
+from ..protocols import Embedder, missing_members
 from . import ConversationBinding, append_question, chat_turn, require, store_dimension
 
 require("llama_index.core", "llama-index")
@@ -38,9 +39,6 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa
 from llama_index.core.vector_stores.types import BasePydanticVectorStore  # noqa: E402
 
 __all__ = ["NativeEmbedding", "NativeRetriever", "bind_conversation", "llm_model_and_tokenizer", "to_messages"]
-
-#: The public methods every embedder must have (``NativeEmbedder`` or a latent-view embedder).
-EMBEDDER_API = ("embed_conversation", "embed_query", "embed_documents", "dimension")
 
 
 
@@ -126,7 +124,7 @@ def llm_model_and_tokenizer(llm: Any) -> tuple[Any, Any]:
 
 def resolve_embedder(
     embedder: Any = None, *, llm: Any = None, model: Any = None, tokenizer: Any = None, head: Any = None, teacher=None
-) -> Any:
+) -> Embedder:
     """An embedder from exactly one of: an embedder object, a ``HuggingFaceLLM``, or a model with its tokenizer."""
     if isinstance(embedder, NativeEmbedding):
         embedder = embedder.embedder
@@ -137,11 +135,10 @@ def resolve_embedder(
             f"tokenizer=; got {', '.join(given) or 'none'}."
         )
     if embedder is not None:
-        missing = [name for name in EMBEDDER_API if not hasattr(embedder, name)]
-        if missing:
+        if not isinstance(embedder, Embedder):
             raise TypeError(
-                f"{type(embedder).__name__} is not an embedder (no {', '.join(missing)}); pass a NativeEmbedder, "
-                "or llm= / model= and tokenizer= to build one."
+                f"{type(embedder).__name__} is not an embedder (no {', '.join(missing_members(embedder))}); pass a "
+                "NativeEmbedder, or llm= / model= and tokenizer= to build one."
             )
         if any(value is not None for value in (tokenizer, head, teacher)):
             raise ValueError("tokenizer=, head= and teacher= build a new embedder; they cannot go with an embedder.")
@@ -209,7 +206,7 @@ class NativeEmbedding(BaseEmbedding):
         return "NativeEmbedding"
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> Embedder:
         """The wrapped embedder (``NativeEmbedder``)."""
         return self._embedder
 
