@@ -25,6 +25,8 @@ from .index import SearchHit
 from .states import pad_token_id
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from .embedder import NativeEmbedder
     from .index import VectorIndex
     from .teacher import Teacher
@@ -87,12 +89,14 @@ def tool_messages(hits: Sequence[SearchHit], call: str = SEARCH_CALL, role: str 
 
 
 def formatted_messages(embedder: NativeEmbedder, messages: Sequence) -> tuple[list[dict], EncodedConversation]:
-    """The messages ``embedder.encode`` kept (window cut, system prompt added) and their encoding."""
-    encoded = embedder.encode(messages)
+    """The messages ``embedder.tokenize`` kept (window cut, system prompt added) and their encoding."""
+    encoded = embedder.tokenize(messages)
     return kept_messages(messages, embedder.prompt_format, encoded.dropped_messages), encoded
 
 
-def appended_ids(tokenizer, messages: Sequence[dict], prefix_ids: Sequence[int], extra: Sequence[dict]) -> list[int]:
+def appended_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], prefix_ids: Sequence[int], extra: Sequence[dict]
+) -> list[int]:
     """Token ids that the chat template renders after ``prefix_ids`` for ``messages + extra`` (with a new
     generation prompt). Raises ConversationError when the render does not start with exactly ``prefix_ids``:
     then the cache of the prefix could not be continued."""
@@ -106,12 +110,12 @@ def appended_ids(tokenizer, messages: Sequence[dict], prefix_ids: Sequence[int],
     return ids[len(prefix_ids) :]
 
 
-def _device(model) -> torch.device:
+def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
 @torch.inference_mode()
-def prefill(model, input_ids: Sequence[int], cache: DynamicCache | None = None) -> DynamicCache:
+def prefill(model: PreTrainedModel, input_ids: Sequence[int], cache: DynamicCache | None = None) -> DynamicCache:
     """Run ``input_ids`` (one sequence, after what ``cache`` holds) through the model; returns the grown cache."""
     cache = cache if cache is not None else DynamicCache(config=model.config)
     ids = torch.tensor([list(input_ids)], device=_device(model))
@@ -121,7 +125,12 @@ def prefill(model, input_ids: Sequence[int], cache: DynamicCache | None = None) 
 
 @torch.inference_mode()
 def continue_greedy(
-    model, tokenizer, input_ids: Sequence[int], cache: DynamicCache, max_new_tokens: int, min_new_tokens: int = 0
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: Sequence[int],
+    cache: DynamicCache,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
 ) -> list[int]:
     """Greedy tokens after ``input_ids``, whose first ``cache.get_seq_length()`` tokens are already in ``cache``."""
     if cache.get_seq_length() >= len(input_ids):
@@ -139,7 +148,7 @@ def continue_greedy(
     return out[0, ids.shape[1] :].tolist()
 
 
-def _finish(tokenizer, answer_ids: list[int]) -> str:
+def _finish(tokenizer: PreTrainedTokenizerBase, answer_ids: list[int]) -> str:
     return tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
 
 
@@ -153,7 +162,7 @@ def native_turn(
 ) -> Turn:
     """Retrieve and answer with one prefill of the conversation.
 
-    The conversation (the head's formatted tokens, ``embedder.encode``) is prefilled once; the head reads that
+    The conversation (the head's formatted tokens, ``embedder.tokenize``) is prefilled once; the head reads that
     prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
     template and the answer is generated on the same KV cache. Timings: ``prefill`` (formatting included), ``head``,
     ``search``, ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
@@ -177,8 +186,8 @@ def native_turn(
 
 
 def classic_turn(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     teacher: Teacher,
     index: VectorIndex,
     messages: Sequence,

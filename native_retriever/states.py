@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .conversation import EncodedConversation
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def pad_token_id(source) -> int:
@@ -22,7 +26,9 @@ def pad_token_id(source) -> int:
 
 
 @torch.inference_mode()
-def token_states(model, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
+def token_states(
+    model: PreTrainedModel, sequences: Sequence[Sequence[int]], layers: Sequence[int]
+) -> list[torch.Tensor]:
     """One prefill of each token sequence (right-padded batch); returns (T_i, H) states per sequence.
 
     Layer -1 is the final (normed) output; other indices select ``hidden_states[i]``; several are averaged.

@@ -55,7 +55,7 @@ def test_single_conversation_equals_its_row_in_a_padded_batch(
     tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, architecture
 ):
     embedder = NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory(architecture), teacher=teacher)
-    lengths = [len(embedder.encode(c).input_ids) for c in CONVERSATIONS]
+    lengths = [len(embedder.tokenize(c).input_ids) for c in CONVERSATIONS]
     assert len(set(lengths)) == len(lengths)  # the batch really mixes lengths
     batch = embedder.embed_conversations(CONVERSATIONS, batch_size=8)
     assert batch.shape == (len(CONVERSATIONS), 384) and batch.dtype == np.float32

@@ -54,7 +54,6 @@ LANGCHAIN_TYPES = (
 )
 
 
-
 # -- messages ---------------------------------------------------------------------------------------------------
 def _text(content: Any, position: int) -> str:
     """Text of a message content: a string, or the text parts of a list of content blocks."""

@@ -41,7 +41,6 @@ from llama_index.core.vector_stores.types import BasePydanticVectorStore  # noqa
 __all__ = ["NativeEmbedding", "NativeRetriever", "bind_conversation", "llm_model_and_tokenizer", "to_messages"]
 
 
-
 # -- conversations ----------------------------------------------------------------------------------------------
 def _is_langchain(obj: Any) -> bool:
     return type(obj).__module__.startswith("langchain")

@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ from ..training.schedule import cosine_warmup
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
 from .encoder import LatentEncoder, decoder_of, left_pad, pool
 from .losses import TrajectoryAlignment, boundary_steps
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SEGMENT_END = re.compile(r"\n\s*\n|(?<=[.!?])\s+")
 LOSSES = ("latent", "explicit", "distill", "trajectory")
@@ -181,7 +185,13 @@ class ExplicitInputs:
     segment-boundary positions. Layout ``closed``: the reply is closed and a new generation prompt follows, so the
     final token (the embedding) is the same kind of state as the latent view's first step."""
 
-    def __init__(self, tokenizer, prompt_format: PromptFormat, max_rationale_tokens: int, layout: str = "reply"):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_format: PromptFormat,
+        max_rationale_tokens: int,
+        layout: str = "reply",
+    ):
         self.tokenizer, self.prompt_format, self.limit = tokenizer, prompt_format, max_rationale_tokens
         self.closing = reply_closing_ids(tokenizer) if layout == "closed" else []
         self.cut = 0  # rationales cut to fit the window so far
@@ -336,8 +346,8 @@ def plot_losses(history: list[dict], path: Path) -> None:
 
 
 def train_latent(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
     corpus: list[str],
     config: LatentTrainConfig,
