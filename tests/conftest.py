@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,3 +234,18 @@ def tiny_data_folder(tmp_path_factory):
             handle.write(json.dumps(row) + "\n")
     (folder / "qrels.tsv").write_text("".join(f"{qid}\t0\td{topic}\t1\n" for qid, _, topic in convs))
     return str(folder)
+
+
+@pytest.fixture
+def data_copy(tiny_data_folder, tmp_path) -> Path:
+    """A writable copy of the tiny data folder, to damage."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_data_folder, folder)
+    return folder
+
+
+def append_line(path: Path, raw: bytes) -> int:
+    """Append one raw line to a data file; returns its line number."""
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join([*lines, raw]) + b"\n")
+    return len(lines) + 1
