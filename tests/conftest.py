@@ -219,6 +219,14 @@ def tiny_head_factory(tiny_llm, teacher):
     return make
 
 
+@pytest.fixture(scope="module")
+def embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
+    """A NativeEmbedder on the tiny LLM with an attention head (test modules that need another define their own)."""
+    from native_retriever.embedder import NativeEmbedder
+
+    return NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory("attention"), teacher=teacher)
+
+
 @pytest.fixture(scope="session")
 def tiny_data_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data") / "tiny"

@@ -48,11 +48,6 @@ def chat_messages(messages: list[dict]) -> list[ChatMessage]:
 
 
 @pytest.fixture(scope="module")
-def embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher) -> NativeEmbedder:
-    return NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory("attention"), teacher=teacher)
-
-
-@pytest.fixture(scope="module")
 def embedding(embedder) -> NativeEmbedding:
     return NativeEmbedding(embedder)
 
