@@ -1,4 +1,4 @@
-"""LatentEmbedder: the latent view behind the same public methods as NativeEmbedder (head mode).
+"""LatentEmbedder: the latent view behind the same protocol as NativeEmbedder (``native_retriever.Embedder``).
 
 Queries (conversations) and documents both go through the agent LLM with the LoRA adapter switched on for that
 pass only; vectors are the LLM's hidden size (576 for SmolLM2-135M) and only comparable with documents embedded by
