@@ -38,6 +38,7 @@ from llama_index.llms.huggingface import HuggingFaceLLM
 from native_retriever.data import load_data
 from native_retriever.integrations.llama_index import NativeEmbedding, NativeRetriever
 from native_retriever.models import load_llm
+from native_retriever.states import pad_token_id
 from native_retriever.teacher import Teacher
 
 
@@ -132,7 +133,7 @@ def main() -> None:
         context_window=2048,
         max_new_tokens=32,
         is_chat_model=True,
-        generate_kwargs={"do_sample": False, "pad_token_id": tokenizer.pad_token_id},
+        generate_kwargs={"do_sample": False, "pad_token_id": pad_token_id(tokenizer)},
     )
     teacher_embedding = TeacherEmbedding(teacher, embed_batch_size=64)
     nodes = [TextNode(id_=d["id"], text=d["text"]) for d in own + others]

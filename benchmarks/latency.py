@@ -45,6 +45,7 @@ from native_retriever import NativeEmbedder, VectorIndex
 from native_retriever.agent import classic_turn, native_turn, passage_overlap
 from native_retriever.data import load_data
 from native_retriever.models import cache_dir
+from native_retriever.states import pad_token_id
 
 LENGTH_TARGETS = (64, 192, 400)  # formatted conversation tokens: short, medium, long
 
@@ -63,7 +64,7 @@ def timed_ms(fn, *args) -> tuple[object, float]:
 
 def pick_conversations(embedder, data, per_length: int, warmup: int) -> tuple[list[dict], list[dict]]:
     """``per_length`` judged turns nearest each target length (one per story where possible), plus warm-up turns."""
-    lengths = np.array([len(embedder.encode(q["messages"]).input_ids) for q in data.queries])
+    lengths = np.array([len(embedder.tokenize(q["messages"]).input_ids) for q in data.queries])
     chosen, used = [], set()
     for target in LENGTH_TARGETS:
         order = np.argsort(np.abs(lengths - target), kind="stable")
@@ -175,9 +176,9 @@ def batch_scaling(embedder, teacher, conversations: list[dict], sizes: list[int]
         chunk = [c["messages"] for c in conversations[:size]]
         if len(chunk) < size:
             break
-        encoded = [embedder.encode(m) for m in chunk]
+        encoded = [embedder.tokenize(m) for m in chunk]
         longest = max(len(e.input_ids) for e in encoded)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(tokenizer)
         ids = torch.tensor([[pad] * (longest - len(e.input_ids)) + e.input_ids for e in encoded])
         mask = torch.tensor([[0] * (longest - len(e.input_ids)) + [1] * len(e.input_ids) for e in encoded])
         prefill, head, teach = [], [], []
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             b = classic_turn(model, tokenizer, teacher, index, messages, k, args.answer_tokens, args.answer_tokens)
             extra[k] = {"native_turn_ms": sum(a.timings.values()), "classic_turn_ms": sum(b.timings.values())}
         # the cheap steps again on the same inputs
-        encoded = embedder.encode(messages)
+        encoded = embedder.tokenize(messages)
         with torch.inference_mode(), embedder.capture() as cap:
             model(input_ids=torch.tensor([encoded.input_ids]), logits_to_keep=1)
         heads = [timed_ms(cap.vectors, [encoded])[1] for _ in range(args.repeats)]

@@ -67,7 +67,7 @@ def main() -> None:
     times = {"llm_prefill": [], "head": [], "teacher_question": [], "teacher_history": [], "native_context_total": []}
     queries = data.queries
     for round_number, query in enumerate(queries[: args.warmup] + queries):
-        encoded = embedder.encode(query["messages"])
+        encoded = embedder.tokenize(query["messages"])
         states, prefill = timed(token_states, model, [encoded.input_ids], head.config.layers)
         _, head_ms = timed(embedder.head_vectors, states, [encoded])
         _, question_ms = timed(teacher.encode, [query["question"]])

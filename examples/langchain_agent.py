@@ -25,6 +25,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from transformers import pipeline
 
+from native_retriever.agent import numbered_passages
 from native_retriever.integrations.langchain import NativeEmbeddings, NativeRetriever
 from native_retriever.models import load_llm
 
@@ -48,7 +49,7 @@ class RetrievalTimer(BaseCallbackHandler):
 
 
 def format_passages(inputs: dict) -> dict:
-    return {**inputs, "context": "\n".join(f"[{n}] {d.page_content}" for n, d in enumerate(inputs["context"], 1))}
+    return {**inputs, "context": numbered_passages(d.page_content for d in inputs["context"])}
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from llama_index.llms.huggingface import HuggingFaceLLM
 
 from native_retriever.integrations.llama_index import NativeEmbedding, NativeRetriever
 from native_retriever.models import load_llm
+from native_retriever.states import pad_token_id
 
 CONTEXT_PROMPT = "Answer the user's last question in one short sentence, using only these passages:\n{context_str}"
 
@@ -62,7 +63,7 @@ def main() -> None:
         context_window=2048,
         max_new_tokens=48,
         is_chat_model=True,
-        generate_kwargs={"do_sample": False, "pad_token_id": tokenizer.pad_token_id},
+        generate_kwargs={"do_sample": False, "pad_token_id": pad_token_id(tokenizer)},
     )
     embedding = NativeEmbedding(llm=llm)  # shares the LLM's weights; documents go through the teacher
 

@@ -4,7 +4,17 @@ from .conversation import PromptFormat
 from .embedder import NativeEmbedder
 from .heads import HeadConfig, ProjectionHead
 from .index import SearchHit, VectorIndex
+from .protocols import Embedder
 from .teacher import Teacher
 
-__all__ = ["HeadConfig", "NativeEmbedder", "PromptFormat", "ProjectionHead", "SearchHit", "Teacher", "VectorIndex"]
+__all__ = [
+    "Embedder",
+    "HeadConfig",
+    "NativeEmbedder",
+    "PromptFormat",
+    "ProjectionHead",
+    "SearchHit",
+    "Teacher",
+    "VectorIndex",
+]
 __version__ = "0.1.0"

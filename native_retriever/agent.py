@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,11 +19,21 @@ import torch
 from transformers import DynamicCache
 
 from .compat import cache_kwargs
-from .conversation import EncodedConversation, clean_query, rewrite_messages, tokenize_chat, validate_conversation
+from .conversation import (
+    EncodedConversation,
+    clean_query,
+    kept_messages,
+    rewrite_messages,
+    tokenize_chat,
+    validate_conversation,
+)
 from .errors import ConversationError
 from .index import SearchHit
+from .states import pad_token_id
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from .embedder import NativeEmbedder
     from .index import VectorIndex
     from .teacher import Teacher
@@ -31,9 +41,14 @@ if TYPE_CHECKING:
 ANSWER_SYSTEM_PROMPT = "Answer the user's last question in one short sentence, using only these passages:"
 
 
+def numbered_passages(texts: Iterable[str]) -> str:
+    """Passages as the answering LLM reads them: one a line, numbered from 1 (``[1] first\n[2] second``)."""
+    return "\n".join(f"[{n}] {text}" for n, text in enumerate(texts, 1))
+
+
 def answer_messages(messages: Sequence, hits: Sequence[SearchHit]) -> list[dict]:
     """The conversation with the retrieved passages put in front as a system message."""
-    passages = "\n".join(f"[{n}] {hit.text}" for n, hit in enumerate(hits, 1))
+    passages = numbered_passages(hit.text for hit in hits)
     conversation = [m for m in validate_conversation(messages) if m["role"] != "system"]
     return [{"role": "system", "content": f"{ANSWER_SYSTEM_PROMPT}\n{passages}"}, *conversation]
 
@@ -72,8 +87,7 @@ class _Clock:
 
 def passages_text(hits: Sequence[SearchHit]) -> str:
     """The tool result: numbered passages, then the answering instruction."""
-    passages = "\n".join(f"[{n}] {hit.text}" for n, hit in enumerate(hits, 1))
-    return f"{passages}\n{TOOL_INSTRUCTION}"
+    return f"{numbered_passages(hit.text for hit in hits)}\n{TOOL_INSTRUCTION}"
 
 
 def tool_messages(hits: Sequence[SearchHit], call: str = SEARCH_CALL, role: str = TOOL_ROLE) -> list[dict]:
@@ -82,17 +96,14 @@ def tool_messages(hits: Sequence[SearchHit], call: str = SEARCH_CALL, role: str 
 
 
 def formatted_messages(embedder: NativeEmbedder, messages: Sequence) -> tuple[list[dict], EncodedConversation]:
-    """The messages ``embedder.encode`` kept (window cut, system prompt added) and their encoding."""
-    encoded = embedder.encode(messages)
-    checked = validate_conversation(messages)
-    system = embedder.prompt_format.system_prompt
-    if system is not None and checked[0]["role"] != "system":
-        checked = [{"role": "system", "content": system}, *checked]
-    first = 1 if checked[0]["role"] == "system" else 0
-    return checked[:first] + checked[first + encoded.dropped_messages :], encoded
+    """The messages ``embedder.tokenize`` kept (window cut, system prompt added) and their encoding."""
+    encoded = embedder.tokenize(messages)
+    return kept_messages(messages, embedder.prompt_format, encoded.dropped_messages), encoded
 
 
-def appended_ids(tokenizer, messages: Sequence[dict], prefix_ids: Sequence[int], extra: Sequence[dict]) -> list[int]:
+def appended_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], prefix_ids: Sequence[int], extra: Sequence[dict]
+) -> list[int]:
     """Token ids that the chat template renders after ``prefix_ids`` for ``messages + extra`` (with a new
     generation prompt). Raises ConversationError when the render does not start with exactly ``prefix_ids``:
     then the cache of the prefix could not be continued."""
@@ -105,12 +116,12 @@ def appended_ids(tokenizer, messages: Sequence[dict], prefix_ids: Sequence[int],
     return ids[len(prefix_ids) :]
 
 
-def _device(model) -> torch.device:
+def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
 @torch.inference_mode()
-def prefill(model, input_ids: Sequence[int], cache: DynamicCache | None = None) -> DynamicCache:
+def prefill(model: PreTrainedModel, input_ids: Sequence[int], cache: DynamicCache | None = None) -> DynamicCache:
     """Run ``input_ids`` (one sequence, after what ``cache`` holds) through the model; returns the grown cache."""
     cache = cache if cache is not None else DynamicCache(config=model.config)
     ids = torch.tensor([list(input_ids)], device=_device(model))
@@ -120,13 +131,17 @@ def prefill(model, input_ids: Sequence[int], cache: DynamicCache | None = None) 
 
 @torch.inference_mode()
 def continue_greedy(
-    model, tokenizer, input_ids: Sequence[int], cache: DynamicCache, max_new_tokens: int, min_new_tokens: int = 0
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: Sequence[int],
+    cache: DynamicCache,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
 ) -> list[int]:
     """Greedy tokens after ``input_ids``, whose first ``cache.get_seq_length()`` tokens are already in ``cache``."""
     if cache.get_seq_length() >= len(input_ids):
         raise ValueError("The cache covers the whole prompt; leave at least its last token out of the prefill.")
     ids = torch.tensor([list(input_ids)], device=_device(model))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
@@ -134,12 +149,12 @@ def continue_greedy(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         do_sample=False,
-        pad_token_id=pad,
+        pad_token_id=pad_token_id(tokenizer),
     )
     return out[0, ids.shape[1] :].tolist()
 
 
-def _finish(tokenizer, answer_ids: list[int]) -> str:
+def _finish(tokenizer: PreTrainedTokenizerBase, answer_ids: list[int]) -> str:
     return tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
 
 
@@ -153,7 +168,7 @@ def native_turn(
 ) -> Turn:
     """Retrieve and answer with one prefill of the conversation.
 
-    The conversation (the head's formatted tokens, ``embedder.encode``) is prefilled once; the head reads that
+    The conversation (the head's formatted tokens, ``embedder.tokenize``) is prefilled once; the head reads that
     prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
     template and the answer is generated on the same KV cache. Timings: ``prefill`` (formatting included), ``head``,
     ``search``, ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
@@ -177,8 +192,8 @@ def native_turn(
 
 
 def classic_turn(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     teacher: Teacher,
     index: VectorIndex,
     messages: Sequence,

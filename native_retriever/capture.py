@@ -11,7 +11,7 @@ kept. Only the layers the head reads are kept (averaged as ``token_states`` does
 another index ``i`` is ``hidden_states[i]``) and, with left padding or none, only the last ``max_input_tokens``
 positions, the most the head reads. Hooks are removed when the block ends, on error too.
 
-The prompt must be the head's formatted conversation (``embedder.encode(messages).input_ids``, batched with left
+The prompt must be the head's formatted conversation (``embedder.tokenize(messages).input_ids``, batched with left
 padding); ``vectors(conversations)`` checks each row's tokens against it and reads the head's token span.
 """
 
@@ -21,6 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from .compat import call_cache
 from .conversation import EncodedConversation
 from .errors import CaptureError
 from .states import pad_states, select_tokens
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -86,7 +90,7 @@ class HiddenStateCapture:
     or none); with right padding all positions are kept.
     """
 
-    def __init__(self, model, layers: Sequence[int], keep: int | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, layers: Sequence[int], keep: int | None = None) -> None:
         self.model = model
         self.base = getattr(model, "base_model", model)
         num_layers = int(model.config.num_hidden_layers)
@@ -256,14 +260,14 @@ class ConversationCapture(HiddenStateCapture):
                 raise CaptureError(f"Got {len(conversations)} conversations for a prefill of {len(rows)} rows.")
             queries = list(queries) if queries is not None else [None] * len(rows)
             encoded = [
-                c if isinstance(c, EncodedConversation) else self.embedder.encode(c, query=q)
+                c if isinstance(c, EncodedConversation) else self.embedder.tokenize(c, query=q)
                 for c, q in zip(conversations, queries, strict=True)
             ]
             for row, ((_, ids), enc) in enumerate(zip(rows, encoded)):
                 if ids is not None and ids != enc.input_ids:
                     raise CaptureError(
                         f"Row {row} of the prefill is not the head's formatted conversation ({len(ids)} tokens "
-                        f"prefilled, {len(enc.input_ids)} expected): build the prompt from embedder.encode(messages)"
+                        f"prefilled, {len(enc.input_ids)} expected): build the prompt from embedder.tokenize(messages)"
                         ".input_ids (batch with left padding) so the head reads what it was trained on."
                     )
         dtype = next(self.embedder.head.parameters()).dtype

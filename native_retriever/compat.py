@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import inspect
 from functools import cache as memoize
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @memoize
@@ -15,7 +19,7 @@ def _cache_name(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def cache_kwargs(model, cache) -> dict:
+def cache_kwargs(model: PreTrainedModel, cache) -> dict:
     """``{name: cache}`` under the argument name that ``model``'s ``forward`` and ``generate`` take."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
     return {_cache_name(type(base)): cache}

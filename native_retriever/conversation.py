@@ -13,8 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from .errors import ConversationError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
 
@@ -97,11 +101,19 @@ def _with_system(messages: list[dict], fmt: PromptFormat) -> list[dict]:
     return messages
 
 
+def kept_messages(messages: Sequence, fmt: PromptFormat, dropped_messages: int) -> list[dict]:
+    """The messages an encoding of ``messages`` rendered: ``fmt``'s system prompt added (when the conversation has
+    none), then the oldest ``dropped_messages`` after the system message left out (``EncodedConversation``'s cut)."""
+    kept = _with_system(validate_conversation(messages), fmt)
+    first = 1 if kept[0]["role"] == "system" else 0
+    return kept[:first] + kept[first + dropped_messages :]
+
+
 # Private-use characters (no whitespace: a template's trim leaves them alone) mark where each content goes.
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
 
 
-def _content_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int, int]]]:
+def _content_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[str, list[tuple[int, int, int]]]:
     """The rendered conversation and (message index, start, end) of every content the template wrote, in order.
 
     The conversation is rendered twice: as it is, and with each content replaced by a marker. The markers split the
@@ -148,13 +160,15 @@ def _content_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int
     return text, spans
 
 
-def _control_ids(tokenizer) -> set[int]:
+def _control_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Ids of the tokenizer's special tokens (the chat template's control tokens among them)."""
     ids = {int(i) for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special}
     return ids | {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
 
 
-def _tokenize(tokenizer, text: str, contents: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+def _tokenize(
+    tokenizer: PreTrainedTokenizerBase, text: str, contents: list[tuple[int, int]]
+) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of ``text`` in which the ``contents`` spans are always plain text.
 
     The whole text is tokenized as the model expects it. Only when a special token overlaps a content (a user who
@@ -206,7 +220,7 @@ def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[i
     return (inside[0], inside[-1] + 1) if inside else None
 
 
-def _render(tokenizer, messages: list[dict], query: str | None) -> EncodedConversation:
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], query: str | None) -> EncodedConversation:
     text, spans = _content_spans(tokenizer, messages)
     contents = [(start, end) for _, start, end in spans]
     question = max(span for span in spans if span[0] == len(messages) - 1)  # its last occurrence
@@ -239,7 +253,7 @@ def tokenize_chat(tokenizer, messages: Sequence[dict]) -> list[int]:
 
 
 def encode_conversation(
-    tokenizer, messages: Sequence, fmt: PromptFormat | None = None, query: str | None = None
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence, fmt: PromptFormat | None = None, query: str | None = None
 ) -> EncodedConversation:
     """Render and tokenize a conversation (plus an optional generated search query) within the window.
 
@@ -311,7 +325,7 @@ def clean_query(text: str) -> str:
     return text.strip()
 
 
-def reply_closing_ids(tokenizer) -> list[int]:
+def reply_closing_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids the chat template puts after an assistant reply up to the next generation prompt.
 
     For ChatML (SmolLM2, Qwen2) that is ``<|im_end|>\n<|im_start|>assistant\n``: the latent view's explicit
@@ -337,7 +351,7 @@ def document_messages(text: str) -> list[dict]:
     return [{"role": "user", "content": f"{DOCUMENT_INSTRUCTION}\n{text.strip()}"}]
 
 
-def encode_document(tokenizer, text: str, max_tokens: int = 256) -> list[int]:
+def encode_document(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int = 256) -> list[int]:
     """Token ids of a passage in the document format with the generation prompt, its text cut at the end to fit."""
 
     def render(body: str) -> list[int]:

@@ -9,9 +9,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .conversation import validate_conversation
 from .errors import ConversationError, DataFormatError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -181,7 +185,7 @@ def load_data(
 
 def passage_queries(
     data: RetrievalData,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     limit: int | None = None,
     exclude: frozenset[str] = frozenset(),
     max_tokens: int = 256,

@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from .models import llm_info, load_llm
 from .states import pad_states, select_tokens, token_states
 from .teacher import Teacher
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 DEFAULT_HEAD = Path(__file__).parent / "heads" / "smollm2-minilm"
 
 
@@ -37,8 +41,8 @@ class NativeEmbedder:
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         head: ProjectionHead | str | os.PathLike | None = None,
         teacher: Teacher | str | None = None,
         *,
@@ -89,7 +93,7 @@ class NativeEmbedder:
             return self._teacher
 
     # -- query side -------------------------------------------------------------------------------------------
-    def encode(self, messages: Sequence, query: str | None = None) -> EncodedConversation:
+    def tokenize(self, messages: Sequence, query: str | None = None) -> EncodedConversation:
         """The formatted, window-cut token ids of a conversation (the head's prompt format)."""
         return encode_conversation(self.tokenizer, messages, self.prompt_format, query=query)
 
@@ -127,7 +131,7 @@ class NativeEmbedder:
         """Head-mode ``context`` vectors of many conversations: (N, D), one prefill each, no generation."""
         self._require_mode("context")
         with self._lock:  # the fast tokenizer is not safe to share between threads
-            encoded = [self.encode(c) for c in conversations]
+            encoded = [self.tokenize(c) for c in conversations]
         return self._embed(encoded, batch_size, show_progress)
 
     def embed_conversation(self, messages: Sequence) -> np.ndarray:
@@ -150,7 +154,7 @@ class NativeEmbedder:
         """Head-mode ``query`` vectors: states of the search-query tokens generated after each conversation."""
         self._require_mode("query")
         with self._lock:
-            encoded = [self.encode(c, query=q) for c, q in zip(conversations, queries, strict=True)]
+            encoded = [self.tokenize(c, query=q) for c, q in zip(conversations, queries, strict=True)]
         return self._embed(encoded, batch_size, show_progress)
 
     def embed_generated_query(self, messages: Sequence, query: str) -> np.ndarray:
@@ -174,7 +178,7 @@ class NativeEmbedder:
         """Observe the agent's own next prefill of ``self.model`` and embed it with the head, no extra LLM pass.
 
         ``with embedder.capture() as cap: out = model.generate(**batch)``, then ``cap.vectors()`` (B, D). The prompt
-        must be ``self.encode(messages).input_ids`` (batches left-padded). See ``native_retriever.capture``.
+        must be ``self.tokenize(messages).input_ids`` (batches left-padded). See ``native_retriever.capture``.
         """
         return ConversationCapture(self)
 

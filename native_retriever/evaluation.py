@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
+from .bm25 import bm25_top
 from .checks import check_output_path
 from .data import RetrievalData, load_data
 from .errors import DataFormatError, InvalidArgumentError
@@ -333,14 +334,7 @@ def resolve_systems(systems: Sequence[str | System]) -> list[System]:
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
     """BM25 (bm25s, English stop words) of the current question alone."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(
-        bm25s.tokenize([d["text"] for d in data.corpus], stopwords="en", show_progress=False), show_progress=False
-    )
-    tokens = bm25s.tokenize([q["question"] for q in data.queries], stopwords="en", show_progress=False)
-    docs, scores = retriever.retrieve(tokens, k=min(k, len(data.corpus)), show_progress=False)
+    docs, scores = bm25_top([d["text"] for d in data.corpus], [q["question"] for q in data.queries], k)
     return {
         q["id"]: {data.corpus[int(d)]["id"]: float(s) for d, s in zip(docs[row], scores[row])}
         for row, q in enumerate(data.queries)

@@ -17,12 +17,16 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import DeviceError, ModelNotFoundError
 from .files import atomic_folder, sha256_file
 from .files import fingerprints_match as fingerprints_match  # re-exported: it lives in files (no import circle)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +183,7 @@ def load_llm(
     return model, tokenizer
 
 
-def llm_name(model) -> str:
+def llm_name(model: PreTrainedModel) -> str:
     """A readable name for a loaded model: its hub id where known, else its folder."""
     return str(getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "") or "unknown")
 
@@ -194,14 +198,14 @@ def weight_fingerprint(tensors: list[torch.Tensor], samples: int = 4) -> list[fl
     return [round(value, 6) for value in stats]
 
 
-def llm_fingerprint(model) -> list[float]:
+def llm_fingerprint(model: PreTrainedModel) -> list[float]:
     """Fingerprint of a causal LM's input embeddings and last layer."""
     tensors = [model.get_input_embeddings().weight]
     last = [p for name, p in model.named_parameters() if name.endswith("weight") and "lora" not in name][-3:]
     return weight_fingerprint(tensors + last)
 
 
-def llm_info(model) -> dict:
+def llm_info(model: PreTrainedModel) -> dict:
     """The identity of an LLM as recorded in (and checked against) head configs."""
     config = model.config
     return {

@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .conversation import EncodedConversation
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def pad_token_id(source) -> int:
+    """The id to pad batches with: ``source``'s ``pad_token_id``, else its ``eos_token_id`` (the first of several),
+    else 0. ``source`` is a tokenizer or a model config; padded positions are masked, so any valid id serves."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(source, name, None)
+        if isinstance(value, list | tuple):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
+
 
 @torch.inference_mode()
-def token_states(model, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
+def token_states(
+    model: PreTrainedModel, sequences: Sequence[Sequence[int]], layers: Sequence[int]
+) -> list[torch.Tensor]:
     """One prefill of each token sequence (right-padded batch); returns (T_i, H) states per sequence.
 
     Layer -1 is the final (normed) output; other indices select ``hidden_states[i]``; several are averaged.
     """
     device = next(model.parameters()).device
     longest = max(len(ids) for ids in sequences)
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    input_ids = torch.full((len(sequences), longest), pad, dtype=torch.long)
+    input_ids = torch.full((len(sequences), longest), pad_token_id(model.config), dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, ids in enumerate(sequences):
         input_ids[row, : len(ids)] = torch.tensor(ids)

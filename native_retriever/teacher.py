@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,11 +13,14 @@ from .conversation import history_text, validate_conversation
 from .errors import DataFormatError
 from .models import DEFAULT_TEACHER, MINILM_ALIASES, resolve_device, resolve_teacher, weight_fingerprint
 
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
 
 class Teacher:
     """A sentence-transformers model that returns L2-normalised float32 vectors."""
 
-    def __init__(self, model, name: str) -> None:
+    def __init__(self, model: SentenceTransformer, name: str) -> None:
         self.model = model
         self.name = name
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,6 +219,14 @@ def tiny_head_factory(tiny_llm, teacher):
     return make
 
 
+@pytest.fixture(scope="module")
+def embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
+    """A NativeEmbedder on the tiny LLM with an attention head (test modules that need another define their own)."""
+    from native_retriever.embedder import NativeEmbedder
+
+    return NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory("attention"), teacher=teacher)
+
+
 @pytest.fixture(scope="session")
 def tiny_data_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data") / "tiny"
@@ -232,3 +242,18 @@ def tiny_data_folder(tmp_path_factory):
             handle.write(json.dumps(row) + "\n")
     (folder / "qrels.tsv").write_text("".join(f"{qid}\t0\td{topic}\t1\n" for qid, _, topic in convs))
     return str(folder)
+
+
+@pytest.fixture
+def data_copy(tiny_data_folder, tmp_path) -> Path:
+    """A writable copy of the tiny data folder, to damage."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_data_folder, folder)
+    return folder
+
+
+def append_line(path: Path, raw: bytes) -> int:
+    """Append one raw line to a data file; returns its line number."""
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join([*lines, raw]) + b"\n")
+    return len(lines) + 1

@@ -80,7 +80,7 @@ def test_native_turn_continues_on_the_cache_like_a_fresh_generate(embedder, inde
 
 def test_native_prompt_is_the_conversation_then_the_chat_template_render(embedder, index, tiny_tokenizer):
     turn = native_turn(embedder, index, CONVERSATION, k=2, max_new_tokens=2)
-    conversation_ids = embedder.encode(CONVERSATION).input_ids
+    conversation_ids = embedder.tokenize(CONVERSATION).input_ids
     assert turn.prompt_ids[: len(conversation_ids)] == conversation_ids
     kept, _ = formatted_messages(embedder, CONVERSATION)
     rendered = tiny_tokenizer.apply_chat_template(
@@ -101,7 +101,7 @@ def test_native_turn_prefills_every_prompt_token_once(embedder, index, llm):
         turn = native_turn(embedder, index, CONVERSATION, k=2, max_new_tokens=5, min_new_tokens=5)
     finally:
         handle.remove()
-    conversation = len(embedder.encode(CONVERSATION).input_ids)
+    conversation = len(embedder.tokenize(CONVERSATION).input_ids)
     assert seen[0] == conversation  # the one prefill of the conversation
     assert sum(seen) == len(turn.prompt_ids) + 5 - 1  # every token once; the last answer token is never fed back
     assert all(n == 1 for n in seen[3:])  # decode steps

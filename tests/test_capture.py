@@ -38,7 +38,7 @@ def _embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, architecture
 def _batch(embedder, conversations, queries=None):
     """The head's formatted conversations as one left-padded batch, as an agent would send them to generate()."""
     queries = queries or [None] * len(conversations)
-    ids = [embedder.encode(c, query=q).input_ids for c, q in zip(conversations, queries)]
+    ids = [embedder.tokenize(c, query=q).input_ids for c, q in zip(conversations, queries)]
     longest = max(map(len, ids))
     pad = embedder.tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (longest - len(i)) + i for i in ids])
@@ -75,7 +75,7 @@ def test_left_padded_generate_batch_equals_embed_conversation_per_row(
 
 def test_single_conversation_through_model_call(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
     embedder = _embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher)
-    ids = torch.tensor([embedder.encode(CONVERSATIONS[1]).input_ids])
+    ids = torch.tensor([embedder.tokenize(CONVERSATIONS[1]).input_ids])
     with embedder.capture() as cap, torch.no_grad():
         tiny_llm(input_ids=ids)
     np.testing.assert_allclose(cap.vectors()[0], embedder.embed_conversation(CONVERSATIONS[1]), atol=1e-5)
@@ -152,7 +152,7 @@ def test_a_prompt_in_another_format_is_refused(tiny_llm, tiny_tokenizer, tiny_he
     other = tiny_tokenizer(CONVERSATIONS[0][0]["content"], return_tensors="pt")  # raw text, no chat template
     with embedder.capture() as cap:
         _generate(tiny_llm, dict(other))
-    with pytest.raises(CaptureError, match="embedder.encode"):
+    with pytest.raises(CaptureError, match="embedder.tokenize"):
         cap.vectors(CONVERSATIONS[:1])
     with pytest.raises(CaptureError, match="2 conversations"):
         cap.vectors(CONVERSATIONS[:2])

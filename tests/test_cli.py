@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import append_line
 
 from native_retriever.cli import main
 from native_retriever.heads import HeadConfig, ProjectionHead
@@ -275,19 +276,6 @@ def _refused(argv: list[str], capsys, *needles) -> str:
     return err
 
 
-@pytest.fixture
-def broken_data(tiny_data_folder, tmp_path) -> Path:
-    import shutil
-
-    folder = tmp_path / "broken"
-    shutil.copytree(tiny_data_folder, folder)
-    return folder
-
-
-def _add_line(path: Path, raw: bytes) -> None:
-    path.write_bytes(path.read_bytes().rstrip(b"\n") + b"\n" + raw + b"\n")
-
-
 EVAL_DAMAGE = {
     "not-an-object": ("corpus.jsonl", b"[1, 2]", "is an array, not a JSON object"),
     "not-utf8": ("queries.jsonl", b'{"id": "caf\xe9"}', "is not valid UTF-8"),
@@ -297,20 +285,20 @@ EVAL_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(EVAL_DAMAGE))
-def test_eval_refuses_malformed_data_before_any_model_loads(damage, broken_data, no_models, capsys):
+def test_eval_refuses_malformed_data_before_any_model_loads(damage, data_copy, no_models, capsys):
     name, line, message = EVAL_DAMAGE[damage]
-    _add_line(broken_data / name, line)
-    argv = ["eval", "--data", str(broken_data), "--systems", "teacher-question,native-context"]
-    _refused(argv, capsys, broken_data / name, message)
+    append_line(data_copy / name, line)
+    argv = ["eval", "--data", str(data_copy), "--systems", "teacher-question,native-context"]
+    _refused(argv, capsys, data_copy / name, message)
 
 
-def test_eval_refuses_a_corrupt_gzip_and_data_without_judged_queries(broken_data, no_models, capsys):
-    argv = ["eval", "--data", str(broken_data), "--systems", "teacher-question"]
-    (broken_data / "qrels.tsv").write_text("nobody 0 d1 1\n")
-    _refused(argv, capsys, broken_data / "qrels.tsv", "no judged queries")
-    (broken_data / "corpus.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
-    (broken_data / "corpus.jsonl").unlink()
-    _refused(argv, capsys, broken_data / "corpus.jsonl.gz", "not a readable gzip file")
+def test_eval_refuses_a_corrupt_gzip_and_data_without_judged_queries(data_copy, no_models, capsys):
+    argv = ["eval", "--data", str(data_copy), "--systems", "teacher-question"]
+    (data_copy / "qrels.tsv").write_text("nobody 0 d1 1\n")
+    _refused(argv, capsys, data_copy / "qrels.tsv", "no judged queries")
+    (data_copy / "corpus.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    (data_copy / "corpus.jsonl").unlink()
+    _refused(argv, capsys, data_copy / "corpus.jsonl.gz", "not a readable gzip file")
 
 
 def test_eval_refuses_unwritable_output_paths_before_any_model_loads(tiny_data_folder, tmp_path, no_models, capsys):

@@ -55,7 +55,7 @@ def test_single_conversation_equals_its_row_in_a_padded_batch(
     tiny_llm, tiny_tokenizer, tiny_head_factory, teacher, architecture
 ):
     embedder = NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory(architecture), teacher=teacher)
-    lengths = [len(embedder.encode(c).input_ids) for c in CONVERSATIONS]
+    lengths = [len(embedder.tokenize(c).input_ids) for c in CONVERSATIONS]
     assert len(set(lengths)) == len(lengths)  # the batch really mixes lengths
     batch = embedder.embed_conversations(CONVERSATIONS, batch_size=8)
     assert batch.shape == (len(CONVERSATIONS), 384) and batch.dtype == np.float32
@@ -185,3 +185,30 @@ def test_embedding_does_not_switch_the_model_to_train_mode_or_track_grads(embedd
     assert isinstance(vector, np.ndarray)
     assert all(p.grad is None for p in embedder.model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_pad_token_id_falls_back_to_eos_then_zero(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from native_retriever.states import pad_token_id
+
+    assert pad_token_id(tiny_tokenizer) == tiny_tokenizer.pad_token_id
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=7)) == 7
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=[5, 9])) == 5  # configs with several eos ids
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None)) == 0
+
+
+def test_head_and_latent_embedders_satisfy_the_embedder_protocol(embedder, make_tiny_llm, tiny_tokenizer):
+    import inspect
+
+    from native_retriever.latent import LatentConfig, LatentEmbedder, LatentEncoder
+    from native_retriever.protocols import EMBEDDER_MEMBERS, Embedder, missing_members
+
+    encoder = LatentEncoder.create(make_tiny_llm(seed=4), tiny_tokenizer, LatentConfig(k=1, lora_r=4, lora_alpha=8))
+    latent = LatentEmbedder(encoder.model, tiny_tokenizer, encoder)
+    for instance in (embedder, latent):
+        assert isinstance(instance, Embedder) and missing_members(instance) == []
+        for name in EMBEDDER_MEMBERS[1:]:  # the methods take the protocol's parameters, by the same names
+            want = list(inspect.signature(getattr(Embedder, name)).parameters)[1:]
+            assert list(inspect.signature(getattr(instance, name)).parameters) == want, (type(instance), name)
+    assert not isinstance(object(), Embedder) and missing_members(object()) == list(EMBEDDER_MEMBERS)

@@ -23,7 +23,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-from native_retriever import NativeEmbedder, VectorIndex
+from native_retriever import VectorIndex
 from native_retriever.errors import ConversationError, DimensionMismatchError
 from native_retriever.integrations.langchain import (
     NativeEmbeddings,
@@ -45,11 +45,6 @@ MULTI_TURN = [(qid, messages) for qid, messages, _ in conversations() if len(mes
 def as_langchain(messages: list[dict]) -> list:
     kinds = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
     return [kinds[m["role"]](content=m["content"]) for m in messages]
-
-
-@pytest.fixture(scope="module")
-def embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher) -> NativeEmbedder:
-    return NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory("attention"), teacher=teacher)
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +76,8 @@ def memory_store(embeddings, corpus) -> InMemoryVectorStore:
 
 
 # -- LangChain's standard suites ---------------------------------------------------------------------------------
-class TestNativeEmbeddingsUnit(EmbeddingsUnitTests):
-    @pytest.fixture(autouse=True)
-    def _models(self, embedder):
-        self.params = {"embedder": embedder}
-
-    @property
-    def embeddings_class(self) -> type[NativeEmbeddings]:
-        return NativeEmbeddings
-
-    @property
-    def embedding_model_params(self) -> dict:
-        return self.params
-
-
-class TestNativeEmbeddingsIntegration(EmbeddingsIntegrationTests):
-    pytestmark = ASYNC_SUITE
+class NativeEmbeddingsSuite:
+    """What LangChain's embeddings suites need: the class and its parameters (the module's embedder)."""
 
     @pytest.fixture(autouse=True)
     def _models(self, embedder):
@@ -111,44 +92,47 @@ class TestNativeEmbeddingsIntegration(EmbeddingsIntegrationTests):
         return self.params
 
 
-class TestNativeRetrieverOverVectorIndex(RetrieversIntegrationTests):
+class TestNativeEmbeddingsUnit(NativeEmbeddingsSuite, EmbeddingsUnitTests):
+    pass
+
+
+class TestNativeEmbeddingsIntegration(NativeEmbeddingsSuite, EmbeddingsIntegrationTests):
     pytestmark = ASYNC_SUITE
+
+
+class NativeRetrieverSuite(RetrieversIntegrationTests):
+    """LangChain's retriever suite over ``self.params`` (set by each subclass's fixture)."""
+
+    pytestmark = ASYNC_SUITE
+    query = ""
+
+    @property
+    def retriever_constructor(self) -> type[NativeRetriever]:
+        return NativeRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return self.params
+
+    @property
+    def retriever_query_example(self) -> str:
+        return self.query
+
+
+class TestNativeRetrieverOverVectorIndex(NativeRetrieverSuite):
+    query = "What can I see at the Zorblat festival?"
 
     @pytest.fixture(autouse=True)
     def _models(self, embeddings, index):
         self.params = {"embeddings": embeddings, "store": index}
 
-    @property
-    def retriever_constructor(self) -> type[NativeRetriever]:
-        return NativeRetriever
 
-    @property
-    def retriever_constructor_params(self) -> dict:
-        return self.params
-
-    @property
-    def retriever_query_example(self) -> str:
-        return "What can I see at the Zorblat festival?"
-
-
-class TestNativeRetrieverOverInMemoryVectorStore(RetrieversIntegrationTests):
-    pytestmark = ASYNC_SUITE
+class TestNativeRetrieverOverInMemoryVectorStore(NativeRetrieverSuite):
+    query = "Who built the Mirravel river?"
 
     @pytest.fixture(autouse=True)
     def _models(self, embedder, memory_store):
         self.params = {"embeddings": embedder, "store": memory_store}  # a NativeEmbedder is wrapped
-
-    @property
-    def retriever_constructor(self) -> type[NativeRetriever]:
-        return NativeRetriever
-
-    @property
-    def retriever_constructor_params(self) -> dict:
-        return self.params
-
-    @property
-    def retriever_query_example(self) -> str:
-        return "Who built the Mirravel river?"
 
 
 # -- same results as the core API --------------------------------------------------------------------------------
@@ -351,6 +335,9 @@ def test_async_embedding_does_not_block_the_event_loop(embedder):
             assert self.open.wait(10), "the event loop was blocked while embedding"
             return embedder.embed_documents(texts)
 
+        def embed_conversations(self, conversations):  # the Embedder protocol's batch call (not used here)
+            return embedder.embed_conversations(conversations)
+
     gated = Gated()
     gated_embeddings = NativeEmbeddings(gated)
 
@@ -429,6 +416,22 @@ def test_vector_store_of_another_dimension(embeddings, corpus):
     later.add_documents(corpus[:3])
     with pytest.raises(DimensionMismatchError, match="8-d vectors"):
         retriever.invoke("Who built it?")
+
+
+def test_store_dimension_reads_each_store_the_integration_checks(corpus):
+    from types import SimpleNamespace
+
+    from native_retriever.integrations import store_dimension
+
+    assert store_dimension(VectorIndex(16)) == 16
+    memory = InMemoryVectorStore(DeterministicFakeEmbedding(size=8))
+    assert store_dimension(memory) is None  # empty: nothing to read yet
+    memory.add_documents(corpus[:3])
+    assert store_dimension(memory) == 8
+    # langchain_community's FAISS is not installed here: a store holding a faiss index as ``index`` (its layout)
+    faiss = pytest.importorskip("faiss")
+    assert store_dimension(SimpleNamespace(index=faiss.IndexFlatIP(12))) == 12
+    assert store_dimension(SimpleNamespace()) is None
 
 
 def test_store_and_embedder_types(embeddings):

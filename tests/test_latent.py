@@ -28,7 +28,7 @@ from native_retriever.latent.encoder import (
     positions,
     soft_token,
 )
-from native_retriever.latent.losses import InfoNCE, ScoreDistillation, TrajectoryAlignment, boundary_steps
+from native_retriever.latent.losses import TrajectoryAlignment, boundary_steps
 from native_retriever.latent.training import (
     Example,
     ExplicitInputs,
@@ -37,6 +37,7 @@ from native_retriever.latent.training import (
     make_batch,
     train_latent,
 )
+from native_retriever.training.losses import InfoNCE, ScoreDistillation
 
 CONVERSATION = [
     {"role": "user", "content": "Tell me about the Zorblat festival near Quenwick."},

@@ -30,7 +30,12 @@ from llama_index.core.storage.kvstore import SimpleKVStore
 
 from native_retriever import NativeEmbedder, VectorIndex
 from native_retriever.errors import ConversationError, DimensionMismatchError
-from native_retriever.integrations.llama_index import NativeEmbedding, NativeRetriever, conversation, to_messages
+from native_retriever.integrations.llama_index import (
+    NativeEmbedding,
+    NativeRetriever,
+    bind_conversation,
+    to_messages,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 5
@@ -40,11 +45,6 @@ MULTI_TURN = next(messages for messages in CONVERSATIONS if len(messages) >= 3)
 
 def chat_messages(messages: list[dict]) -> list[ChatMessage]:
     return [ChatMessage(role=m["role"], content=m["content"]) for m in messages]
-
-
-@pytest.fixture(scope="module")
-def embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher) -> NativeEmbedder:
-    return NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory("attention"), teacher=teacher)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_query_embeddings_sync_and_async_read_the_bound_conversation(embedding, 
     np.testing.assert_allclose(asyncio.run(embedding.aget_query_embedding(question)), alone, atol=1e-6)
     history, last = MULTI_TURN[:-1], MULTI_TURN[-1]["content"]
     expected = embedder.embed_conversation(MULTI_TURN)
-    with conversation(chat_messages(history)) as bound:
+    with bind_conversation(chat_messages(history)) as bound:
         assert bound == history
         np.testing.assert_allclose(embedding.get_query_embedding(last), expected, atol=1e-6)
         np.testing.assert_allclose(asyncio.run(embedding.aget_query_embedding(last)), expected, atol=1e-6)
@@ -238,7 +238,7 @@ def test_same_results_as_native_embedder_and_vector_index(embedder, embedding, v
         assert_same_hits(ids_scores(on_ours.retrieve_conversation(chat_messages(messages))), expected)
         assert_same_hits(ids_scores(asyncio.run(on_ours.aretrieve_conversation(messages))), expected)
         assert_same_hits(ids_scores(on_store.retrieve_conversation(messages)), expected)
-        with conversation(chat_messages(messages[:-1])):  # LlamaIndex's own retriever, conversation bound
+        with bind_conversation(chat_messages(messages[:-1])):  # LlamaIndex's own retriever, conversation bound
             assert_same_hits(
                 ids_scores(store_index.as_retriever(similarity_top_k=K).retrieve(messages[-1]["content"])), expected
             )
@@ -373,7 +373,7 @@ def test_threads_and_tasks_give_the_serial_results(embedder, embedding, vector_i
     serial_vectors = [embedder.embed_conversation(m) for m in jobs]
 
     def bound(messages):
-        with conversation(messages[:-1]):
+        with bind_conversation(messages[:-1]):
             return embedding.get_query_embedding(messages[-1]["content"])
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -383,7 +383,7 @@ def test_threads_and_tasks_give_the_serial_results(embedder, embedding, vector_i
     np.testing.assert_allclose(threaded_vectors, serial_vectors, atol=1e-5)
 
     async def abound(messages):
-        with conversation(messages[:-1]):
+        with bind_conversation(messages[:-1]):
             await asyncio.sleep(0)  # let the other tasks bind theirs
             return await embedding.aget_query_embedding(messages[-1]["content"])
 
@@ -425,7 +425,7 @@ def test_langchain_messages_are_refused_with_the_right_type(embedding, vector_in
         NativeRetriever(vector_index, embedding, chat_history=history)
     with pytest.raises(ConversationError, match=expected):
         NativeRetriever(vector_index, embedding).retrieve_conversation([*history, HumanMessage("Who built it?")])
-    with pytest.raises(ConversationError, match=expected), conversation(history):
+    with pytest.raises(ConversationError, match=expected), bind_conversation(history):
         pass
     with pytest.raises(ConversationError, match="LangChain AIMessage"):
         to_messages([ChatMessage(role="user", content="Hi"), AIMessage("Hello")])
@@ -465,6 +465,22 @@ def test_vector_store_of_another_dimension_is_refused(embedding):
     index.insert_nodes(nodes)
     with pytest.raises(DimensionMismatchError, match="index the documents with the teacher"):
         retriever.retrieve("Who built it?")
+
+
+def test_store_dimension_reads_each_store_the_integration_checks():
+    from types import SimpleNamespace
+
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    from native_retriever.integrations import store_dimension
+
+    store = SimpleVectorStore()
+    assert store_dimension(store) is None  # empty: nothing to read yet
+    store.add([TextNode(id_="n0", text="passage", embedding=[0.0] * 8)])
+    assert store_dimension(store) == 8
+    # llama-index-vector-stores-faiss is not installed here: a store holding its faiss index as ``_faiss_index``
+    faiss = pytest.importorskip("faiss")
+    assert store_dimension(SimpleNamespace(_faiss_index=faiss.IndexFlatIP(12))) == 12
 
 
 # -- packaging --------------------------------------------------------------------------------------------------

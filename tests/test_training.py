@@ -17,7 +17,7 @@ from native_retriever.heads import ProjectionHead
 from native_retriever.models import llm_info
 from native_retriever.states import token_states
 from native_retriever.training.cache import cache_hidden_states, load_hidden_states, target_text, teacher_vectors
-from native_retriever.training.losses import AlignmentLoss, ContrastiveLoss, RankDistillationLoss
+from native_retriever.training.losses import AlignmentLoss, InfoNCE, ScoreDistillation
 from native_retriever.training.trainer import Split, TrainConfig, _spans, dev_metrics, head_config, train_head
 
 FMT = PromptFormat(max_tokens=256)
@@ -187,7 +187,7 @@ def test_contrastive_loss_ignores_masked_false_negatives():
     docs = _unit(4, 16, seed=2)
     docs[2] = student[0]  # another positive of query 0: a perfect match that must not count as a negative
     labels = torch.tensor([0, 1])
-    loss = ContrastiveLoss(temperature=0.05)
+    loss = InfoNCE(temperature=0.05)
     ignore = torch.zeros(2, 4, dtype=torch.bool)
     ignore[0, 2] = True
 
@@ -205,16 +205,16 @@ def test_contrastive_loss_ignores_masked_false_negatives():
 
 def test_contrastive_loss_is_small_when_each_query_matches_its_positive():
     docs = _unit(3, 16, seed=3)
-    loss = ContrastiveLoss()(docs.clone(), docs, torch.arange(3), torch.zeros(3, 3, dtype=torch.bool))
+    loss = InfoNCE()(docs.clone(), docs, torch.arange(3), torch.zeros(3, 3, dtype=torch.bool))
     assert loss.item() < 0.5
 
 
 def test_rank_distillation_is_zero_when_student_equals_target():
     target = _unit(3, 16, seed=4)
     candidates = _unit(3, 8, 16, seed=5)
-    loss = RankDistillationLoss()
-    assert loss(target.clone(), target, candidates).item() == pytest.approx(0.0, abs=1e-6)
-    assert loss(_unit(3, 16, seed=6), target, candidates).item() > 0.01
+    loss = ScoreDistillation()
+    assert loss(target, target.clone(), candidates).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(target, _unit(3, 16, seed=6), candidates).item() > 0.01
 
 
 def test_split_off_holds_out_whole_conversations(split):

@@ -16,14 +16,13 @@ Needs the ``langchain`` extra: ``pip install "native-retriever[langchain]"``.
 
 from __future__ import annotations
 
-from . import append_question, require
+from . import ConversationBinding, append_question, chat_turn, require, store_dimension
 
 require("langchain_core", "langchain")
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -38,6 +37,7 @@ from pydantic import ConfigDict, field_validator
 from ..embedder import NativeEmbedder
 from ..errors import ConversationError, DimensionMismatchError
 from ..index import VectorIndex
+from ..protocols import Embedder, missing_members
 
 __all__ = [
     "NativeEmbeddings",
@@ -48,23 +48,10 @@ __all__ = [
     "with_question",
 ]
 
-#: LangChain message types and role names -> our roles; ``None``: left out (tool results are not conversation turns).
-ROLES: dict[str, str | None] = {
-    "human": "user",
-    "user": "user",
-    "ai": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "developer": "system",
-    "tool": None,
-    "function": None,
-}
 LANGCHAIN_TYPES = (
     "langchain_core.messages (HumanMessage, AIMessage, SystemMessage), (role, text) tuples "
     "or {'role': ..., 'content': ...} dicts"
 )
-
-_BOUND: ContextVar[tuple[dict, ...] | None] = ContextVar("native_retriever_langchain_conversation", default=None)
 
 
 # -- messages ---------------------------------------------------------------------------------------------------
@@ -78,30 +65,21 @@ def _text(content: Any, position: int) -> str:
     raise ConversationError(f"Message {position} has content of type {type(content).__name__}; give text.")
 
 
-def _role_and_text(message: Any, position: int) -> tuple[str | None, str]:
+def _turn(message: Any, position: int) -> dict | None:
     if isinstance(message, BaseMessage):
         kind = message.type.removesuffix("MessageChunk").lower()
         name = getattr(message, "role", kind) if kind == "chat" else kind
-        return _role(name, position), _text(message.content, position)
+        return chat_turn(name, _text(message.content, position), position)
     if type(message).__module__.startswith("llama_index"):
         raise ConversationError(
             f"Message {position} is a LlamaIndex {type(message).__name__}; the LangChain integration takes "
             f"{LANGCHAIN_TYPES}. For LlamaIndex use native_retriever.integrations.llama_index."
         )
     if isinstance(message, tuple) and len(message) == 2:
-        return _role(message[0], position), _text(message[1], position)
+        return chat_turn(message[0], _text(message[1], position), position)
     if isinstance(message, Mapping) and "content" in message and ("role" in message or "type" in message):
-        return _role(message.get("role", message.get("type")), position), _text(message["content"], position)
+        return chat_turn(message.get("role", message.get("type")), _text(message["content"], position), position)
     raise ConversationError(f"Message {position} is a {type(message).__name__}; give {LANGCHAIN_TYPES}.")
-
-
-def _role(name: Any, position: int) -> str | None:
-    if not isinstance(name, str) or name.lower() not in ROLES:
-        raise ConversationError(
-            f"Message {position} has role {name!r}; use one of human/user, ai/assistant, system (tool results "
-            "are left out)."
-        )
-    return ROLES[name.lower()]
 
 
 def to_chat_messages(history: Sequence | BaseChatMessageHistory | None) -> list[dict]:
@@ -117,13 +95,8 @@ def to_chat_messages(history: Sequence | BaseChatMessageHistory | None) -> list[
         raise ConversationError(
             f"The chat history must be a list of messages, not a {type(history).__name__}; give {LANGCHAIN_TYPES}."
         )
-    converted = []
-    for position, message in enumerate(history):
-        role, text = _role_and_text(message, position)
-        if role is None or (role == "assistant" and not text.strip()):
-            continue
-        converted.append({"role": role, "content": text})
-    return converted
+    turns = (_turn(message, position) for position, message in enumerate(history))
+    return [turn for turn in turns if turn is not None]
 
 
 def with_question(history: Sequence | None, question: str) -> list[dict]:
@@ -136,19 +109,16 @@ def with_question(history: Sequence | None, question: str) -> list[dict]:
     return append_question(to_chat_messages(history), question)
 
 
-@contextlib.contextmanager
-def bind_conversation(history: Sequence | None) -> Iterator[list[dict]]:
+_BOUND = ConversationBinding("native_retriever_langchain_conversation", to_chat_messages)
+
+
+def bind_conversation(history: Sequence | None) -> contextlib.AbstractContextManager[list[dict]]:
     """Within the block, :class:`NativeEmbeddings` and :class:`NativeRetriever` embed ``history`` + the question.
 
     An empty history (a first turn) is allowed. The binding is a contextvar: it reaches ``asyncio`` tasks created
     inside the block and LangChain's ``run_in_executor`` / ``asyncio.to_thread``, but not threads started by hand.
     """
-    messages = to_chat_messages(history)
-    token = _BOUND.set(tuple(messages))
-    try:
-        yield messages
-    finally:
-        _BOUND.reset(token)
+    return _BOUND.bind(history)
 
 
 # -- the LLM the user already has -------------------------------------------------------------------------------
@@ -174,17 +144,18 @@ def model_and_tokenizer(llm: Any) -> tuple[Any, Any]:
 class NativeEmbeddings(Embeddings):
     """LangChain ``Embeddings``: queries through the agent LLM and the head, documents through the teacher.
 
-    ``embedder`` is a :class:`~native_retriever.NativeEmbedder` (or any embedder with the same public methods).
+    ``embedder`` is a :class:`~native_retriever.NativeEmbedder`, a latent-view embedder or any other
+    :class:`~native_retriever.protocols.Embedder`.
     Inside ``with embeddings.conversation(chat_history):`` ``embed_query(question)`` embeds the conversation.
     """
 
-    def __init__(self, embedder: Any) -> None:
-        for name in ("embed_conversation", "embed_query", "embed_documents", "dimension"):
-            if not hasattr(embedder, name):
-                raise TypeError(
-                    f"NativeEmbeddings wraps a NativeEmbedder, got {type(embedder).__name__} (no {name!r}); "
-                    "use NativeEmbeddings.from_llm(llm) to build one from a LangChain LLM."
-                )
+    def __init__(self, embedder: Embedder) -> None:
+        if not isinstance(embedder, Embedder):
+            raise TypeError(
+                f"NativeEmbeddings wraps a NativeEmbedder, got {type(embedder).__name__} (no "
+                f"{', '.join(map(repr, missing_members(embedder)))}); use NativeEmbeddings.from_llm(llm) to build one "
+                "from a LangChain LLM."
+            )
         self.embedder = embedder
 
     @classmethod
@@ -238,20 +209,14 @@ def _check_k(k: Any) -> int:
     return k
 
 
-def store_dimension(store: Any) -> int | None:
-    """The vector dimension of a store when it can be read without a query (None: unknown)."""
-    if isinstance(store, VectorIndex):
-        return store.dim
-    dim = getattr(getattr(store, "index", None), "d", None)  # langchain_community FAISS
-    if isinstance(dim, int):
-        return dim
-    records = getattr(store, "store", None)  # InMemoryVectorStore: {id: {"vector": [...], ...}}
-    if isinstance(records, dict) and records:
-        first = next(iter(records.values()))
-        if isinstance(first, dict) and first.get("vector") is not None:
-            return len(first["vector"])
+def _store_dimension(store: Any) -> int | None:
+    """The vector dimension of a store (:func:`~native_retriever.integrations.store_dimension`), else that of the
+    store's own ``NativeEmbeddings`` (an empty store built with them)."""
+    dim = store_dimension(store)
     embeddings = getattr(store, "embeddings", None)
-    return embeddings.dimension if isinstance(embeddings, NativeEmbeddings) else None
+    if dim is None and isinstance(embeddings, NativeEmbeddings):
+        return embeddings.dimension
+    return dim
 
 
 # -- retriever --------------------------------------------------------------------------------------------------
@@ -296,7 +261,7 @@ class NativeRetriever(BaseRetriever):
         return cls(embeddings=NativeEmbeddings.from_llm(llm, head=head, teacher=teacher), store=store, k=k)
 
     def _check_dimension(self) -> None:
-        dim, want = store_dimension(self.store), self.embeddings.dimension
+        dim, want = _store_dimension(self.store), self.embeddings.dimension
         if dim is not None and dim != want:
             raise DimensionMismatchError(
                 f"The vector store holds {dim}-d vectors but the head gives {want}-d query vectors; index the "

@@ -4,9 +4,9 @@ Needs the extra: ``pip install "native-retriever[llama-index]"``.
 
 * ``NativeEmbedding`` embeds queries through the agent LLM and the head and texts (documents) through the teacher.
   It implements only LlamaIndex's private hooks, so instrumentation, callbacks and ``embed_batch_size`` keep working.
-  A query vector depends on the conversation: bind it with ``with conversation(chat_history): ...`` and every query
-  embedded inside (``index.as_retriever().retrieve(question)`` included) reads the history before the question.
-* ``NativeRetriever`` retrieves from a conversation: the one bound with :func:`conversation`, else its chat memory
+  A query vector depends on the conversation: bind it with ``with bind_conversation(chat_history): ...`` and every
+  query embedded inside (``index.as_retriever().retrieve(question)`` included) reads the history before the question.
+* ``NativeRetriever`` retrieves from a conversation: the one bound with :func:`bind_conversation`, else its chat memory
   (``ChatMemoryBuffer`` / ``Memory``), else a fixed ``chat_history``, plus the query string as the current question.
   It is the retriever of a ``CondensePlusContextChatEngine(skip_condense=True)`` or a ``ContextChatEngine`` sharing
   its memory (:meth:`NativeRetriever.as_chat_engine`): no rewrite step, the agent's own states of the chat retrieve.
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConversationError, DimensionMismatchError
-from . import append_question, require
+from ..protocols import Embedder, missing_members
+from . import ConversationBinding, append_question, chat_turn, require, store_dimension
 
 require("llama_index.core", "llama-index")
 
@@ -33,29 +33,12 @@ from llama_index.core.bridge.pydantic import PrivateAttr, model_validator  # noq
 from llama_index.core.callbacks import CallbackManager  # noqa: E402
 from llama_index.core.chat_engine import CondensePlusContextChatEngine  # noqa: E402
 from llama_index.core.constants import DEFAULT_SIMILARITY_TOP_K  # noqa: E402
-from llama_index.core.llms import ChatMessage, MessageRole  # noqa: E402
+from llama_index.core.llms import ChatMessage  # noqa: E402
 from llama_index.core.memory import BaseMemory, Memory  # noqa: E402
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa: E402
 from llama_index.core.vector_stores.types import BasePydanticVectorStore  # noqa: E402
 
-__all__ = ["NativeEmbedding", "NativeRetriever", "conversation", "llm_model_and_tokenizer", "to_messages"]
-
-#: The public methods every embedder must have (``NativeEmbedder`` or a latent-view embedder).
-EMBEDDER_API = ("embed_conversation", "embed_query", "embed_documents", "dimension")
-
-_ROLES = {
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
-    MessageRole.CHATBOT: "assistant",
-    MessageRole.MODEL: "assistant",
-}
-_SKIPPED_ROLES = {MessageRole.TOOL, MessageRole.FUNCTION}
-
-_CONVERSATION: contextvars.ContextVar[tuple[dict, ...] | None] = contextvars.ContextVar(
-    "native_retriever_llama_index_conversation", default=None
-)
+__all__ = ["NativeEmbedding", "NativeRetriever", "bind_conversation", "llm_model_and_tokenizer", "to_messages"]
 
 
 # -- conversations ----------------------------------------------------------------------------------------------
@@ -95,14 +78,9 @@ def to_messages(history: Iterable[ChatMessage | dict] | None) -> list[dict]:
             raise ConversationError(
                 f"Message {position} of the chat history cannot be used: {_framework_hint(message)}."
             )
-        if message.role in _SKIPPED_ROLES:
-            continue
-        if message.role not in _ROLES:  # pragma: no cover - a role added by a future LlamaIndex
-            raise ConversationError(f"Message {position} has the unsupported role {message.role!r}.")
-        content = message.content or ""
-        if message.role == MessageRole.ASSISTANT and not content.strip():
-            continue
-        messages.append({"role": _ROLES[message.role], "content": content})
+        turn = chat_turn(message.role, message.content or "", position)
+        if turn is not None:
+            messages.append(turn)
     return messages
 
 
@@ -113,18 +91,17 @@ def _with_question(history: Sequence[dict], query: str) -> list[dict]:
     return append_question(list(history), query)
 
 
-@contextlib.contextmanager
-def conversation(history: Iterable[ChatMessage | dict] | None) -> Iterator[list[dict]]:
+_CONVERSATION = ConversationBinding("native_retriever_llama_index_conversation", to_messages)
+
+
+def bind_conversation(history: Iterable[ChatMessage | dict] | None) -> contextlib.AbstractContextManager[list[dict]]:
     """Bind the chat history before the current question for the query embeddings computed inside.
 
     Built on a ``contextvars.ContextVar``: it holds per thread and per asyncio task and follows ``asyncio.to_thread``
-    and ``run_in_executor`` calls made inside. ``with conversation(memory.get()): index.as_retriever().retrieve(q)``.
+    and ``run_in_executor`` calls made inside.
+    ``with bind_conversation(memory.get()): index.as_retriever().retrieve(q)``.
     """
-    token = _CONVERSATION.set(tuple(to_messages(history)))
-    try:
-        yield list(_CONVERSATION.get() or ())
-    finally:
-        _CONVERSATION.reset(token)
+    return _CONVERSATION.bind(history)
 
 
 # -- models -----------------------------------------------------------------------------------------------------
@@ -146,7 +123,7 @@ def llm_model_and_tokenizer(llm: Any) -> tuple[Any, Any]:
 
 def resolve_embedder(
     embedder: Any = None, *, llm: Any = None, model: Any = None, tokenizer: Any = None, head: Any = None, teacher=None
-) -> Any:
+) -> Embedder:
     """An embedder from exactly one of: an embedder object, a ``HuggingFaceLLM``, or a model with its tokenizer."""
     if isinstance(embedder, NativeEmbedding):
         embedder = embedder.embedder
@@ -157,11 +134,10 @@ def resolve_embedder(
             f"tokenizer=; got {', '.join(given) or 'none'}."
         )
     if embedder is not None:
-        missing = [name for name in EMBEDDER_API if not hasattr(embedder, name)]
-        if missing:
+        if not isinstance(embedder, Embedder):
             raise TypeError(
-                f"{type(embedder).__name__} is not an embedder (no {', '.join(missing)}); pass a NativeEmbedder, "
-                "or llm= / model= and tokenizer= to build one."
+                f"{type(embedder).__name__} is not an embedder (no {', '.join(missing_members(embedder))}); pass a "
+                "NativeEmbedder, or llm= / model= and tokenizer= to build one."
             )
         if any(value is not None for value in (tokenizer, head, teacher)):
             raise ValueError("tokenizer=, head= and teacher= build a new embedder; they cannot go with an embedder.")
@@ -194,7 +170,7 @@ class NativeEmbedding(BaseEmbedding):
     Build it from a ``NativeEmbedder`` (or any embedder with the same methods), a LlamaIndex ``HuggingFaceLLM``
     (``NativeEmbedding(llm=llm)``: the LLM's model and tokenizer are shared, not copied), or ``model=`` and
     ``tokenizer=``; ``head=`` and ``teacher=`` choose the head and teacher then. Query vectors read the conversation
-    bound with :func:`conversation`; without one a query is a one-message conversation.
+    bound with :func:`bind_conversation`; without one a query is a one-message conversation.
     """
 
     _embedder: Any = PrivateAttr()
@@ -229,13 +205,13 @@ class NativeEmbedding(BaseEmbedding):
         return "NativeEmbedding"
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> Embedder:
         """The wrapped embedder (``NativeEmbedder``)."""
         return self._embedder
 
     def conversation(self, history: Iterable[ChatMessage | dict] | None) -> contextlib.AbstractContextManager:
-        """``with embed_model.conversation(chat_history): ...``: the module's :func:`conversation`."""
-        return conversation(history)
+        """``with embed_model.conversation(chat_history): ...``: the module's :func:`bind_conversation`."""
+        return bind_conversation(history)
 
     @property
     def dimension(self) -> int:
@@ -287,23 +263,14 @@ def _check_memory(memory: Any) -> BaseMemory | None:
     )
 
 
-def store_dimension(vector_store: Any) -> int | None:
-    """The dimension of the vectors in a LlamaIndex vector store, where the store exposes it (else None)."""
-    embeddings = getattr(getattr(vector_store, "data", None), "embedding_dict", None)  # SimpleVectorStore
-    if embeddings:
-        return len(next(iter(embeddings.values())))
-    dim = getattr(getattr(vector_store, "_faiss_index", None), "d", None)  # llama-index-vector-stores-faiss
-    return dim if isinstance(dim, int) else None
-
-
 class NativeRetriever(BaseRetriever):
     """Retrieves ``NodeWithScore``s for the current conversation, embedded natively by the agent LLM and the head.
 
     ``index``: a :class:`native_retriever.index.VectorIndex`, a LlamaIndex ``VectorStoreIndex`` or a vector store
     that stores text. ``embed_model``: a :class:`NativeEmbedding` or an embedder (defaults to the
     ``VectorStoreIndex``'s own ``NativeEmbedding``). The conversation is, in this order: the one bound with
-    :func:`conversation`, ``memory`` (read at each retrieval), ``chat_history``; the query string is appended as the
-    current question. Give the chat engine the same memory (:meth:`as_chat_engine` does). A precomputed
+    :func:`bind_conversation`, ``memory`` (read at each retrieval), ``chat_history``; the query string is appended as
+    the current question. Give the chat engine the same memory (:meth:`as_chat_engine` does). A precomputed
     ``QueryBundle.embedding`` is ignored: the vector always comes from the conversation.
     """
 
@@ -427,7 +394,7 @@ class NativeRetriever(BaseRetriever):
         _with_question(history, query)  # fails early on an empty question
         if self._store_retriever is not None:
             self._check_store_dimension()
-        with conversation(history):
+        with bind_conversation(history):
             vector = self._embed_model.get_query_embedding(query)
         if self._vector_index is not None:
             return self._nodes(vector)
@@ -437,7 +404,7 @@ class NativeRetriever(BaseRetriever):
         _with_question(history, query)
         if self._store_retriever is not None:
             self._check_store_dimension()
-        with conversation(history):
+        with bind_conversation(history):
             vector = await self._embed_model.aget_query_embedding(query)
         if self._vector_index is not None:
             return self._nodes(vector)
@@ -452,13 +419,13 @@ class NativeRetriever(BaseRetriever):
     def retrieve_conversation(self, messages: Sequence[ChatMessage | dict]) -> list[NodeWithScore]:
         """Retrieve for a whole conversation ending with the user's current question (ignores the memory)."""
         history, query = self._split(messages)
-        with conversation(history):
+        with bind_conversation(history):
             return self.retrieve(query)
 
     async def aretrieve_conversation(self, messages: Sequence[ChatMessage | dict]) -> list[NodeWithScore]:
         """Async :meth:`retrieve_conversation`."""
         history, query = self._split(messages)
-        with conversation(history):
+        with bind_conversation(history):
             return await self.aretrieve(query)
 
     def as_chat_engine(

@@ -1,4 +1,4 @@
-"""LatentEmbedder: the latent view behind the same public methods as NativeEmbedder (head mode).
+"""LatentEmbedder: the latent view behind the same protocol as NativeEmbedder (``native_retriever.Embedder``).
 
 Queries (conversations) and documents both go through the agent LLM with the LoRA adapter switched on for that
 pass only; vectors are the LLM's hidden size (576 for SmolLM2-135M) and only comparable with documents embedded by
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from ..checks import text_list
 from ..models import load_llm
 from .config import check_k
 from .encoder import LatentEncoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class LatentEmbedder:
@@ -27,7 +31,14 @@ class LatentEmbedder:
     the agent must not generate with the same model object *during* a retrieval call from another thread.
     """
 
-    def __init__(self, model, tokenizer, adapter: LatentEncoder | str | os.PathLike, *, k: int | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        adapter: LatentEncoder | str | os.PathLike,
+        *,
+        k: int | None = None,
+    ) -> None:
         if isinstance(adapter, LatentEncoder):
             self.encoder = adapter
         else:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,12 +27,16 @@ from ..compat import cache_kwargs, output_cache
 from ..conversation import PromptFormat, encode_conversation, encode_document
 from ..errors import HeadFileError
 from ..files import atomic_folder, recover, verify_folder
+from ..states import pad_token_id
 from .config import LatentConfig, check_k
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def decoder_of(model) -> torch.nn.Module:
+def decoder_of(model: PreTrainedModel) -> torch.nn.Module:
     """The decoder stack of a causal LM (``model.model`` for Llama-style models), returning final normed states."""
     return getattr(model, model.base_model_prefix)
 
@@ -53,7 +58,7 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
-def soft_token(model, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_token(model: PreTrainedModel, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """The softmax-weighted mean of the input embedding table under the LM head at ``hidden`` (fp32): (B, H)."""
     logits = model.get_output_embeddings()(hidden).float() / temperature
     table = model.get_input_embeddings().weight
@@ -61,7 +66,7 @@ def soft_token(model, hidden: torch.Tensor, temperature: float = 1.0) -> torch.T
 
 
 def latent_states(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, temperature: float = 1.0
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, temperature: float = 1.0
 ) -> torch.Tensor:
     """Final-layer states of the K latent steps of a left-padded batch, on the KV cache: (B, K, H)."""
     check_k(k)
@@ -98,14 +103,13 @@ class LatentEncoder:
     folder). The adapter is off except inside :meth:`adapter_active`; :meth:`unload` removes it from the model.
     """
 
-    def __init__(self, peft_model, tokenizer, config: LatentConfig) -> None:
+    def __init__(self, peft_model, tokenizer: PreTrainedTokenizerBase, config: LatentConfig) -> None:
         self.peft_model = peft_model
         self.model = peft_model.base_model.model  # the agent's own model object, LoRA layers injected
         self.tokenizer = tokenizer
         self.config = config
         self.prompt_format = PromptFormat.from_dict(config.prompt_format)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad if pad is not None else 0)
+        self.pad_id = pad_token_id(tokenizer)
         self.peft_model.base_model.disable_adapter_layers()
 
     @staticmethod
@@ -126,7 +130,13 @@ class LatentEncoder:
         )
 
     @classmethod
-    def create(cls, model, tokenizer, config: LatentConfig | None = None, seed: int = 0) -> LatentEncoder:
+    def create(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: LatentConfig | None = None,
+        seed: int = 0,
+    ) -> LatentEncoder:
         """Inject a fresh (identity at start) LoRA adapter into ``model`` and record the base LLM's identity."""
         from peft import get_peft_model
 
@@ -141,7 +151,12 @@ class LatentEncoder:
 
     @classmethod
     def from_pretrained(
-        cls, model, tokenizer, folder: str | os.PathLike, *, check_compatible: bool = True
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        folder: str | os.PathLike,
+        *,
+        check_compatible: bool = True,
     ) -> LatentEncoder:
         """Load a trained adapter folder onto the agent's model; another base LLM is refused naming the field."""
         from peft import PeftModel

@@ -1,10 +1,15 @@
-"""LaSER's losses over unit vectors and a batch of document vectors (arXiv:2603.01425)."""
+"""LaSER's losses over unit vectors and a batch of document vectors (arXiv:2603.01425).
+
+InfoNCE and the score KL are the head trainer's (``native_retriever.training.losses``); this module adds the latent
+steps' alignment to the explicit view's rationale boundaries.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..training.losses import ScoreDistillation
 
 
 def boundary_steps(num_segments: int, k: int) -> list[int]:
@@ -18,43 +23,6 @@ def boundary_steps(num_segments: int, k: int) -> list[int]:
     if num_segments >= k:
         return torch.linspace(0, num_segments - 1, k).round().long().tolist()
     return list(range(num_segments)) + [num_segments - 1] * (k - num_segments)
-
-
-def masked_logits(queries: torch.Tensor, docs: torch.Tensor, ignore: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Scores of each query against every batch document / temperature; ``ignore`` (other positives) -> -inf."""
-    return (queries @ docs.T / temperature).masked_fill(ignore, float("-inf"))
-
-
-class InfoNCE(nn.Module):
-    """Cross-entropy of each query's positive among all the batch's documents (in-batch and hard negatives)."""
-
-    def __init__(self, temperature: float = 0.02) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(
-        self, queries: torch.Tensor, docs: torch.Tensor, labels: torch.Tensor, ignore: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean InfoNCE loss of unit `queries` (B, D) against `docs` (C, D), positives at `labels`, `ignore` masked."""
-        return F.cross_entropy(masked_logits(queries, docs, ignore, self.temperature), labels)
-
-
-class ScoreDistillation(nn.Module):
-    """KL(teacher || student) of the score distributions over the batch's documents; teacher scores detached."""
-
-    def __init__(self, temperature: float = 0.02) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(
-        self, teacher: torch.Tensor, student: torch.Tensor, docs: torch.Tensor, ignore: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean KL(teacher || student) of the score distributions over `docs`, `ignore` masked."""
-        target = F.log_softmax(masked_logits(teacher.detach(), docs.detach(), ignore, self.temperature), dim=-1)
-        predicted = F.log_softmax(masked_logits(student, docs, ignore, self.temperature), dim=-1)
-        # ignored columns are -inf on both sides: zero them so 0 * (-inf - -inf) does not give NaN
-        target, predicted = target.masked_fill(ignore, 0.0), predicted.masked_fill(ignore, 0.0)
-        return (target.exp() * (target - predicted)).sum(-1).mean()
 
 
 class TrajectoryAlignment(nn.Module):

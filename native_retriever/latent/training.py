@@ -18,19 +18,26 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..bm25 import bm25_top
 from ..conversation import PromptFormat, encode_conversation, history_text, reply_closing_ids
 from ..data import RetrievalData, load_data
 from ..errors import DataFormatError
 from ..files import atomic_file, atomic_folder, check_output_folder, recover
+from ..training.losses import InfoNCE, ScoreDistillation, contrastive_batch
+from ..training.schedule import cosine_warmup
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
 from .encoder import LatentEncoder, decoder_of, left_pad, pool
-from .losses import InfoNCE, ScoreDistillation, TrajectoryAlignment, boundary_steps
+from .losses import TrajectoryAlignment, boundary_steps
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SEGMENT_END = re.compile(r"\n\s*\n|(?<=[.!?])\s+")
 LOSSES = ("latent", "explicit", "distill", "trajectory")
@@ -134,22 +141,12 @@ def build_examples(
     Queries whose judged passages are all missing from the corpus are skipped (with a warning); ``rationales``
     (query id -> text, e.g. from ``native-retriever latent-rationales``) replaces the data's own fields.
     """
-    import bm25s
-
     queries = list(data.queries)
     if max_queries is not None and max_queries < len(queries):
         queries = random.Random(seed).sample(queries, max_queries)
     index = {doc_id: i for i, doc_id in enumerate(data.doc_ids)}
-    retriever = bm25s.BM25()
-    retriever.index(
-        bm25s.tokenize([d["text"] for d in data.corpus], stopwords="en", show_progress=False), show_progress=False
-    )
     texts = [history_text(q["messages"]) for q in queries]
-    top, _ = retriever.retrieve(
-        bm25s.tokenize(texts, stopwords="en", show_progress=False),
-        k=min(hard_pool + 10, len(data.corpus)),
-        show_progress=False,
-    )
+    top, _ = bm25_top([d["text"] for d in data.corpus], texts, hard_pool + 10)
     examples, skipped = [], []
     for row, query in enumerate(queries):
         positives = [index[d] for d in data.qrels.get(query["id"], {}) if d in index]
@@ -181,15 +178,7 @@ def make_batch(examples: list[Example], rng: random.Random) -> tuple[list[int], 
         chosen.append(rng.choice(example.positives))
         if example.hard:
             negatives.append(rng.choice(example.hard))
-    candidates = list(dict.fromkeys(chosen + negatives))
-    column = {doc: c for c, doc in enumerate(candidates)}
-    labels = torch.tensor([column[d] for d in chosen])
-    ignore = torch.zeros((len(examples), len(candidates)), dtype=torch.bool)
-    for row, example in enumerate(examples):
-        for p in example.positives:
-            if p in column and p != chosen[row]:
-                ignore[row, column[p]] = True
-    return candidates, labels, ignore
+    return contrastive_batch([example.positives for example in examples], chosen, negatives)
 
 
 class ExplicitInputs:
@@ -197,7 +186,13 @@ class ExplicitInputs:
     segment-boundary positions. Layout ``closed``: the reply is closed and a new generation prompt follows, so the
     final token (the embedding) is the same kind of state as the latent view's first step."""
 
-    def __init__(self, tokenizer, prompt_format: PromptFormat, max_rationale_tokens: int, layout: str = "reply"):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_format: PromptFormat,
+        max_rationale_tokens: int,
+        layout: str = "reply",
+    ):
         self.tokenizer, self.prompt_format, self.limit = tokenizer, prompt_format, max_rationale_tokens
         self.closing = reply_closing_ids(tokenizer) if layout == "closed" else []
         self.cut = 0  # rationales cut to fit the window so far
@@ -354,8 +349,8 @@ def plot_losses(history: list[dict], path: Path) -> None:
 
 
 def train_latent(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
     corpus: list[str],
     config: LatentTrainConfig,
@@ -384,11 +379,7 @@ def train_latent(
     with encoder.adapter_active():
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        warmup = max(1, int(config.warmup * total_steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps))),
-        )
+        schedule = cosine_warmup(optimizer, total_steps, config.warmup)
         state = {"micro": 0, "step": 0, "history": [], "seconds": 0.0, "rationales_cut": 0}
         checkpoint = recover(output / "checkpoint", "latent-checkpoint")
         if resume and (checkpoint / "state.json").is_file():

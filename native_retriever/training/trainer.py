@@ -20,7 +20,8 @@ from ..evaluation import retrieval_metrics, top_k_run
 from ..heads import HeadConfig, ProjectionHead
 from ..states import pad_states, select_tokens
 from .cache import HiddenStateCache
-from .losses import AlignmentLoss, ContrastiveLoss, RankDistillationLoss
+from .losses import AlignmentLoss, InfoNCE, ScoreDistillation, contrastive_batch
+from .schedule import cosine_warmup
 
 
 @dataclass
@@ -145,14 +146,11 @@ def train_head(
     dev_views = _spans(dev, config)
 
     head = ProjectionHead(base)
-    align, contrast = AlignmentLoss(), ContrastiveLoss(config.contrastive_temperature)
-    rank = RankDistillationLoss(config.rank_temperature)
+    align, contrast = AlignmentLoss(), InfoNCE(config.contrastive_temperature)
+    rank = ScoreDistillation(config.rank_temperature)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(keep) / config.batch_size)
-    warmup = max(1, int(config.warmup * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-    )
+    schedule = cosine_warmup(optimizer, steps, config.warmup)
     best, best_state, history, stale = -1.0, None, [], 0
     for epoch in range(config.epochs):
         head.train()
@@ -165,18 +163,11 @@ def train_head(
             target = targets[rows]
             chosen = [random.choice(positives[i]) for i in rows]
             negatives = [n for i in rows for n in random.sample(hard[i], min(config.hard_negatives, len(hard[i])))]
-            candidates = sorted(set(chosen) | set(negatives))
-            column = {doc: c for c, doc in enumerate(candidates)}
-            labels = torch.tensor([column[d] for d in chosen])
-            ignore = torch.zeros((len(rows), len(candidates)), dtype=torch.bool)
-            for r, i in enumerate(rows):
-                for p in positives[i]:
-                    if p in column and p != chosen[r]:
-                        ignore[r, column[p]] = True
+            candidates, labels, ignore = contrastive_batch([positives[i] for i in rows], chosen, negatives)
             losses = {
                 "align": align(student, target),
                 "contrastive": contrast(student, docs[candidates], labels, ignore),
-                "rank": rank(student, target, docs[rank_top[rows]]),
+                "rank": rank(target, student, docs[rank_top[rows]]),
             }
             weights = {
                 "align": config.align_weight,
