@@ -125,7 +125,7 @@ def _forget_cut_turns(embedder, messages: list[dict]) -> None:
     """Drop the oldest turns the window cut from this turn's conversation (a system message stays): every later turn
     cuts them too, so the history stays about one window long however long the chat runs."""
     first = 1 if messages[0]["role"] == "system" else 0
-    del messages[first : first + embedder.encode(messages).dropped_messages]
+    del messages[first : first + embedder.tokenize(messages).dropped_messages]
 
 
 def _per_folder(values: list, folders: list[str], flag: str) -> list:
