@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import DataFormatError, InvalidArgumentError
+from .extras import require
 from .generation import generate_queries
+from .teacher import corpus_vectors
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
+
+
+@contextmanager
+def quiet_ranx() -> Iterator[None]:
+    """A block in which numba's NumbaTypeSafetyWarning (printed while ranx's metrics compile) is not shown."""
+    with warnings.catch_warnings():
+        try:
+            from numba.core.errors import NumbaTypeSafetyWarning
+        except ImportError:  # another numba, or none: nothing to hide
+            pass
+        else:
+            warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
+        yield
 
 
 def top_k_run(
@@ -31,10 +47,12 @@ def top_k_run(
 
 def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
     """Recall@10, MRR@10 and nDCG@10 over the judged queries (ranx); a query missing from the run scores 0."""
+    require("eval", "ranx", what="Scoring runs")
     from ranx import Qrels, Run, evaluate
 
     run = {qid: run.get(qid) or {"__none__": 0.0} for qid in qrels}
-    scores = evaluate(Qrels(qrels), Run(run), list(METRICS), make_comparable=True)
+    with quiet_ranx():
+        scores = evaluate(Qrels(qrels), Run(run), list(METRICS), make_comparable=True)
     return {name: round(float(scores[name]), 4) for name in METRICS} | {"queries": len(qrels)}
 
 
@@ -43,10 +61,12 @@ STAT_TESTS = ("student", "fisher", "tukey")  # ranx: paired t-test, Fisher's ran
 
 def save_run(run: dict[str, dict[str, float]], path: str | os.PathLike, name: str) -> None:
     """Write a run as a TREC run file (``qid Q0 docid rank score name``), readable by ranx and trec_eval."""
+    require("eval", "ranx", what="Saving runs")
     from ranx import Run
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Run(run, name=name).save(str(path), kind="trec")
+    with quiet_ranx():
+        Run(run, name=name).save(str(path), kind="trec")
 
 
 def compare_runs(
@@ -63,6 +83,7 @@ def compare_runs(
     A query missing from a run scores 0. ``permutations``: of Fisher's test, whose p-value is a Monte Carlo estimate
     (standard error about 0.003 at p = 0.1 with 10,000). Returns ranx's Report (``to_dict()``, ``to_table()``).
     """
+    require("eval", "ranx", what="Comparing runs")
     from ranx import Qrels, Run, compare
 
     if stat_test not in STAT_TESTS:
@@ -84,14 +105,15 @@ def compare_runs(
                 f"Run file {path} {problem}; write runs with `native-retriever eval --save-runs DIR`."
             )
         try:
-            run = Run.from_file(str(path), kind="trec", name=name)
+            with quiet_ranx():
+                run = Run.from_file(str(path), kind="trec", name=name)
         except (ValueError, IndexError) as exc:
             raise DataFormatError(
                 f"Run file {path} is not a TREC run file (one 'qid Q0 docid rank score tag' per line, as "
                 f"`native-retriever eval --save-runs DIR` writes): {exc}"
             ) from exc
         runs.append(run)
-    with warnings.catch_warnings():  # scipy warns when two runs score the same on every query
+    with quiet_ranx(), warnings.catch_warnings():  # scipy warns when two runs score the same on every query
         warnings.simplefilter("ignore", RuntimeWarning)
         return compare(
             Qrels(qrels),
@@ -140,6 +162,7 @@ def needs_teacher(systems: Sequence[str]) -> bool:
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
     """BM25 (bm25s, English stop words) of the current question alone."""
+    require("eval", "bm25s", what="BM25")
     import bm25s
 
     retriever = bm25s.BM25()
@@ -167,6 +190,7 @@ def evaluate_systems(
     generated_queries: dict[str, str] | None = None,
     latent_embedders: dict | None = None,
     save_runs: str | os.PathLike | None = None,
+    corpus_cache: str | os.PathLike | None = None,
 ) -> dict:
     """Score each named system on ``data`` (a RetrievalData) over the same corpus and queries.
 
@@ -177,10 +201,13 @@ def evaluate_systems(
     ``latent_embedders``: system name (``latent``, ``latent-contrastive``) -> LatentEmbedder; that system embeds the
     corpus and the conversations itself.
     ``save_runs``: a folder to write each system's top-10 run into as ``<system>.trec`` (for ``compare_runs``).
+    ``corpus_cache``: where the teacher's corpus vectors are cached by content (default
+    ``$NATIVE_RETRIEVER_HOME/corpus-vectors``, see :func:`native_retriever.teacher.corpus_vectors`).
     """
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    require("eval", "ranx", *(["bm25s"] if "bm25-question" in systems else []), what="Evaluation")
     if not data.queries:
         raise DataFormatError(
             f"Data {data.name!r} has no judged queries to score; load it with load_data(folder, require_judged=True) "
@@ -192,7 +219,7 @@ def evaluate_systems(
     known = generated_queries if generated_queries is not None else {}
     corpus = None  # the teacher's corpus vectors, only when a requested system searches them
     if teacher is not None and needs_teacher(systems):
-        corpus = teacher.encode([d["text"] for d in data.corpus], show_progress=True)
+        corpus = corpus_vectors(teacher, [d["text"] for d in data.corpus], corpus_cache, show_progress=True)
 
     def record(name: str, run: dict[str, dict[str, float]]) -> None:
         results[name] = retrieval_metrics(data.qrels, run)
