@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .arguments import add_device, at_least, positive_int
 from .documents import MIN_MAX_WORDS
+from .extras import require
 
 DEFAULT_QUERY_HEAD = files("native_retriever") / "heads" / "smollm2-minilm-query"
 
@@ -141,6 +142,7 @@ def cmd_train_head(args) -> None:
     from .training.cache import cache_hidden_states, teacher_vectors
     from .training.trainer import Split, TrainConfig, head_config, train_head
 
+    require("train", "ranx", what="native-retriever train-head")
     check_output_folder(args.output, "head")  # before any data or model loads
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     model, tokenizer = load_llm(args.llm, device=args.device)
@@ -181,15 +183,18 @@ def cmd_eval(args) -> None:
     from .data import load_data
     from .embedder import DEFAULT_HEAD, NativeEmbedder
     from .errors import InvalidArgumentError
-    from .evaluation import SYSTEMS, evaluate_systems, needs_teacher
+    from .evaluation import LATENT_SYSTEMS, SYSTEMS, evaluate_systems, needs_teacher
     from .heads import ProjectionHead
     from .models import load_llm
     from .teacher import Teacher
 
+    require("eval", what="native-retriever eval")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise InvalidArgumentError(f"Unknown systems {unknown}; choose from {', '.join(SYSTEMS)}.")
+    if set(systems) & set(LATENT_SYSTEMS):
+        require("latent", "peft", what="The latent systems")
     # Every argument, output path and data file is checked before any model loads.
     _latent_adapter_folders(args, systems)
     if args.output:
@@ -250,6 +255,7 @@ def cmd_compare(args) -> None:
     from .data import load_data
     from .evaluation import compare_runs, comparison_dict
 
+    require("eval", "ranx", what="native-retriever compare")
     if args.output:
         check_output_path(args.output, "--output", kind="file")
     data = load_data(args.data, max_queries=args.max_queries, require_judged=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from ..extras import require
+
 RATIONALE_PROMPT = (
     "Read this conversation and explain, in two or three short sentences, what its last question is really asking "
     "about (resolve pronouns with names) and what information a passage must contain to answer it.\n\n"
@@ -24,6 +26,7 @@ def cmd_train_latent(args) -> None:
     from ..models import load_llm
     from .training import LatentTrainConfig, build_examples, read_rationales, train_latent
 
+    require("latent", what="native-retriever train-latent")
     config = LatentTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatentTrainConfig)})
     data = load_data(args.train)
     rationales = read_rationales(args.rationales) if args.rationales else None

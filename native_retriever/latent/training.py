@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..conversation import PromptFormat, encode_conversation, history_text, reply_closing_ids
 from ..data import RetrievalData
 from ..errors import DataFormatError
+from ..extras import require
 from ..files import atomic_file, atomic_folder, check_output_folder, recover
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
 from .encoder import LatentEncoder, decoder_of, left_pad, pool
@@ -133,6 +134,7 @@ def build_examples(
     Queries whose judged passages are all missing from the corpus are skipped (with a warning); ``rationales``
     (query id -> text, e.g. from ``native-retriever latent-rationales``) replaces the data's own fields.
     """
+    require("latent", "bm25s", what="Latent training's hard negatives")
     import bm25s
 
     queries = list(data.queries)
@@ -366,6 +368,7 @@ def train_latent(
     ``corpus`` holds the passage texts the examples' indices point to. Checkpoints go to ``output/checkpoint``
     every ``checkpoint_every`` optimizer steps; ``resume=True`` continues from there.
     """
+    require("latent", "peft", what="train_latent")
     if not examples:
         raise DataFormatError("No training examples: every query lacked a judged passage, or the data is empty.")
     output = check_output_folder(output, "latent-adapter")  # before any work: never over a user's folder
