@@ -13,7 +13,7 @@ from native_retriever.cli import main
 from native_retriever.errors import MissingExtraError
 from native_retriever.extras import EXTRAS, require
 
-EXTRA_PACKAGES = ("ranx", "bm25s", "peft", "matplotlib", "accelerate")
+EXTRA_PACKAGES = ("ranx", "bm25s", "peft", "matplotlib")
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_every_extra_is_in_dev_and_pyproject():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
     base = {d.split(">")[0].split("=")[0] for d in project["dependencies"]}
-    assert not base & {"ranx", "bm25s", "peft", "matplotlib", "accelerate"}
+    assert not base & set(EXTRA_PACKAGES)
     optional = project["optional-dependencies"]
     dev = {d.split(">")[0] for d in optional["dev"]}
     for extra, modules in EXTRAS.items():
@@ -92,7 +92,7 @@ def test_every_extra_is_in_dev_and_pyproject():
 
 
 def test_the_package_and_its_commands_import_without_the_extras(tiny_data_folder):
-    """A fresh interpreter in which ranx, bm25s, peft, matplotlib and accelerate cannot be imported."""
+    """A fresh interpreter in which ranx, bm25s, peft and matplotlib cannot be imported."""
     script = (
         "import sys\n"
         f"for name in {EXTRA_PACKAGES!r}:\n"

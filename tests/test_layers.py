@@ -29,6 +29,7 @@ CORE = {
     "index",
     "files",
     "documents",
+    "extras",
 }
 # What the core may never import: the package's upper layers and the optional frameworks and tools.
 UPPER = ("training", "evaluation", "cli", "bench_latency", "benchmarks", "integrations", "latent", "agent", "data")
