@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..conversation import PromptFormat, encode_conversation, history_text, reply_closing_ids
 from ..data import RetrievalData
 from ..errors import DataFormatError
-from ..extras import require
+from ..extras import pip_line, require
 from ..files import atomic_file, atomic_folder, check_output_folder, recover
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
 from .encoder import LatentEncoder, decoder_of, left_pad, pool
@@ -328,9 +328,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     try:
         import matplotlib
     except ImportError:  # the log (training_log.json) is written anyway
-        warnings.warn(
-            "matplotlib is missing, so no loss_curve.png: pip install 'native-retriever[train]'.", stacklevel=2
-        )
+        warnings.warn(f"matplotlib is missing, so no loss_curve.png: {pip_line('train')}", stacklevel=2)
         return
 
     matplotlib.use("Agg")
