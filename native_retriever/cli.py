@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .arguments import add_device, at_least, positive_int
 from .documents import MIN_MAX_WORDS
+from .extras import require
 
 
 def _embedder(args):
@@ -141,6 +142,7 @@ def cmd_train_head(args) -> None:
     from .training.pipeline import train_head_from_folders
     from .training.trainer import TrainConfig
 
+    require("train", "ranx", what="native-retriever train-head")
     check_output_path(args.output, "--output", kind="folder", saves="head")  # before any data or model loads
     # the count lists are checked before any data or model loads (train_head_from_folders checks the output folder)
     _per_folder(args.max_train_queries or [None], args.train, "--max-train-queries")
@@ -166,9 +168,11 @@ def cmd_train_head(args) -> None:
 def cmd_eval(args) -> None:
     """Score the retrieval systems side by side on one data folder; print and optionally write JSON."""
     from .checks import check_output_path
-    from .evaluation import evaluate
+    from .evaluation import SYSTEMS, evaluate, require_extras
 
+    require("eval", what="native-retriever eval")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    require_extras([SYSTEMS[s] for s in systems if s in SYSTEMS])
     # Every argument and output path is checked before any model loads (evaluate checks the data and the systems).
     adapters = _latent_adapter_folders(args, systems)
     if args.output:
@@ -208,6 +212,7 @@ def cmd_compare(args) -> None:
     from .data import load_data
     from .evaluation import compare_runs, comparison_dict
 
+    require("eval", "ranx", what="native-retriever compare")
     if args.output:
         check_output_path(args.output, "--output", kind="file")
     data = load_data(args.data, max_queries=args.max_queries, require_judged=True)

@@ -61,3 +61,7 @@ class LatentConfigError(NativeRetrieverError, ValueError):
 
 class InputTypeError(NativeRetrieverError, TypeError):
     """An argument has the wrong type (a bare string where a list of texts is expected)."""
+
+
+class MissingExtraError(NativeRetrieverError, ImportError):
+    """An optional package is not installed; the message names the extra and its pip line."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,9 +22,11 @@ from .bm25 import bm25_top
 from .checks import check_output_path
 from .data import RetrievalData, load_data
 from .errors import DataFormatError, InvalidArgumentError
+from .extras import require
 from .files import atomic_file
 from .generation import generate_queries
 from .heads import ProjectionHead
+from .teacher import corpus_vectors as cached_corpus_vectors
 
 if TYPE_CHECKING:
     from .embedder import NativeEmbedder
@@ -31,6 +34,19 @@ if TYPE_CHECKING:
     from .teacher import Teacher
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
+
+
+@contextmanager
+def quiet_ranx() -> Iterator[None]:
+    """A block in which numba's NumbaTypeSafetyWarning (printed while ranx's metrics compile) is not shown."""
+    with warnings.catch_warnings():
+        try:
+            from numba.core.errors import NumbaTypeSafetyWarning
+        except ImportError:  # another numba, or none: nothing to hide
+            pass
+        else:
+            warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
+        yield
 
 
 def top_k_run(
@@ -48,10 +64,12 @@ def top_k_run(
 
 def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
     """Recall@10, MRR@10 and nDCG@10 over the judged queries (ranx); a query missing from the run scores 0."""
+    require("eval", "ranx", what="Scoring runs")
     from ranx import Qrels, Run, evaluate
 
     run = {qid: run.get(qid) or {"__none__": 0.0} for qid in qrels}
-    scores = evaluate(Qrels(qrels), Run(run), list(METRICS), make_comparable=True)
+    with quiet_ranx():
+        scores = evaluate(Qrels(qrels), Run(run), list(METRICS), make_comparable=True)
     return {name: round(float(scores[name]), 4) for name in METRICS} | {"queries": len(qrels)}
 
 
@@ -60,10 +78,12 @@ STAT_TESTS = ("student", "fisher", "tukey")  # ranx: paired t-test, Fisher's ran
 
 def save_run(run: dict[str, dict[str, float]], path: str | os.PathLike, name: str) -> None:
     """Write a run as a TREC run file (``qid Q0 docid rank score name``), readable by ranx and trec_eval."""
+    require("eval", "ranx", what="Saving runs")
     from ranx import Run
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Run(run, name=name).save(str(path), kind="trec")
+    with quiet_ranx():
+        Run(run, name=name).save(str(path), kind="trec")
 
 
 def compare_runs(
@@ -80,6 +100,7 @@ def compare_runs(
     A query missing from a run scores 0. ``permutations``: of Fisher's test, whose p-value is a Monte Carlo estimate
     (standard error about 0.003 at p = 0.1 with 10,000). Returns ranx's Report (``to_dict()``, ``to_table()``).
     """
+    require("eval", "ranx", what="Comparing runs")
     from ranx import Qrels, Run, compare
 
     if stat_test not in STAT_TESTS:
@@ -101,14 +122,15 @@ def compare_runs(
                 f"Run file {path} {problem}; write runs with `native-retriever eval --save-runs DIR`."
             )
         try:
-            run = Run.from_file(str(path), kind="trec", name=name)
+            with quiet_ranx():
+                run = Run.from_file(str(path), kind="trec", name=name)
         except (ValueError, IndexError) as exc:
             raise DataFormatError(
                 f"Run file {path} is not a TREC run file (one 'qid Q0 docid rank score tag' per line, as "
                 f"`native-retriever eval --save-runs DIR` writes): {exc}"
             ) from exc
         runs.append(run)
-    with warnings.catch_warnings():  # scipy warns when two runs score the same on every query
+    with quiet_ranx(), warnings.catch_warnings():  # scipy warns when two runs score the same on every query
         warnings.simplefilter("ignore", RuntimeWarning)
         return compare(
             Qrels(qrels),
@@ -167,6 +189,7 @@ class EvalInputs:
     batch_size: int = 8
     max_new_tokens: int = 32
     generated_queries: dict[str, str] = field(default_factory=dict)
+    corpus_cache: str | os.PathLike | None = None  # where corpus vectors are cached by content (None: the default)
 
     @property
     def query_ids(self) -> list[str]:
@@ -187,7 +210,8 @@ class EvalInputs:
     @cached_property
     def corpus_vectors(self) -> np.ndarray:
         """The teacher's vectors of the corpus, encoded on first use (only when a system searches them)."""
-        return self.teacher.encode([d["text"] for d in self.data.corpus], show_progress=True)
+        texts = [d["text"] for d in self.data.corpus]
+        return cached_corpus_vectors(self.teacher, texts, self.corpus_cache, show_progress=True)
 
     @cached_property
     def generated(self) -> list[str]:
@@ -334,11 +358,19 @@ def resolve_systems(systems: Sequence[str | System]) -> list[System]:
 
 def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
     """BM25 (bm25s, English stop words) of the current question alone."""
+    require("eval", "bm25s", what="BM25")
     docs, scores = bm25_top([d["text"] for d in data.corpus], [q["question"] for q in data.queries], k)
     return {
         q["id"]: {data.corpus[int(d)]["id"]: float(s) for d, s in zip(docs[row], scores[row])}
         for row, q in enumerate(data.queries)
     }
+
+
+def require_extras(systems: Sequence[System]) -> None:
+    """Refuse, with the pip line, an evaluation whose extras are not installed (before any model loads)."""
+    require("eval", "ranx", *(["bm25s"] if any(s.name == "bm25-question" for s in systems) else []), what="Evaluation")
+    if any("latent_embedder" in s.needs for s in systems):
+        require("latent", "peft", what="The latent systems")
 
 
 def evaluate_systems(
@@ -354,6 +386,7 @@ def evaluate_systems(
     generated_queries: dict[str, str] | None = None,
     latent_embedders: dict | None = None,
     save_runs: str | os.PathLike | None = None,
+    corpus_cache: str | os.PathLike | None = None,
 ) -> dict:
     """Score each system on ``data`` (a RetrievalData) over the same corpus and queries.
 
@@ -365,9 +398,12 @@ def evaluate_systems(
     ``latent_embedders``: system name (``latent``, ``latent-contrastive``) -> LatentEmbedder; that system embeds the
     corpus and the conversations itself.
     ``save_runs``: a folder to write each system's top-10 run into as ``<system>.trec`` (for ``compare_runs``).
+    ``corpus_cache``: where the teacher's corpus vectors are cached by content (default
+    ``$NATIVE_RETRIEVER_HOME/corpus-vectors``, see :func:`native_retriever.teacher.corpus_vectors`).
     A system whose inputs are missing raises InvalidArgumentError before any system runs.
     """
     chosen = resolve_systems(systems)
+    require_extras(chosen)
     if not data.queries:
         raise DataFormatError(
             f"Data {data.name!r} has no judged queries to score; load it with load_data(folder, require_judged=True) "
@@ -383,6 +419,7 @@ def evaluate_systems(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         generated_queries=generated_queries if generated_queries is not None else {},
+        corpus_cache=corpus_cache,
     )
     for system in chosen:
         missing = [need for need in system.needs if not inputs.has(need, system.name)]
@@ -467,6 +504,7 @@ def evaluate(
     from .teacher import Teacher
 
     chosen = resolve_systems(systems)
+    require_extras(chosen)
     needs = {need for system in chosen for need in system.needs}
     latent_adapters = latent_adapters or {}
     missing = [s.name for s in chosen if "latent_embedder" in s.needs and not latent_adapters.get(s.name)]

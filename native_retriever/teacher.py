@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .checks import text_list
 from .conversation import history_text, validate_conversation
-from .errors import DataFormatError
-from .models import DEFAULT_TEACHER, MINILM_ALIASES, resolve_device, resolve_teacher, weight_fingerprint
+from .errors import DataFormatError, FolderFileError
+from .files import atomic_folder, verify_folder
+from .models import DEFAULT_TEACHER, MINILM_ALIASES, cache_dir, resolve_device, resolve_teacher, weight_fingerprint
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -84,3 +89,56 @@ class Teacher:
                 break
             keep += 1
         return history_text(messages, last=keep)
+
+
+CORPUS_CACHE_KIND = "corpus-vectors"
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """The sha256 of a list of texts, in order (each length-prefixed, so the split between texts counts)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
+
+
+def encoding_spec(teacher: Teacher) -> dict:
+    """What a teacher vector depends on besides its text: the teacher's identity, window and normalisation."""
+    return {"teacher": teacher.info, "max_seq_length": teacher.max_tokens, "normalize": True}
+
+
+def corpus_vectors(
+    teacher: Teacher,
+    texts: Sequence[str],
+    cache: str | os.PathLike | None = None,
+    *,
+    show_progress: bool | None = None,
+) -> np.ndarray:
+    """``teacher.encode(texts)``, cached on disk by a digest of the texts, the teacher and its settings.
+
+    The vectors are kept in ``cache`` (default ``$NATIVE_RETRIEVER_HOME/corpus-vectors``), one folder per digest
+    written atomically; a changed text, teacher, window or normalisation gives another digest and is encoded again.
+    A cache that cannot be written only warns: the vectors are returned all the same.
+    """
+    texts = text_list(texts, "corpus_vectors")
+    spec = encoding_spec(teacher) | {"texts": texts_digest(texts), "count": len(texts)}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    folder = Path(cache if cache is not None else cache_dir() / CORPUS_CACHE_KIND) / key[:32]
+    try:
+        if verify_folder(folder, CORPUS_CACHE_KIND) is not None:
+            vectors = np.load(folder / "vectors.npy")
+            if json.loads((folder / "spec.json").read_text()) == spec and vectors.shape == (len(texts), teacher.dim):
+                return vectors
+    except (FolderFileError, OSError, ValueError):
+        pass  # missing, altered or unreadable: encode again and replace it
+    vectors = teacher.encode(texts, show_progress=show_progress)
+    try:
+        with atomic_folder(folder, CORPUS_CACHE_KIND) as tmp:
+            np.save(tmp / "vectors.npy", vectors)
+            (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    except (FolderFileError, OSError) as exc:
+        warnings.warn(
+            f"Could not cache the corpus vectors in {folder} ({exc}); they are encoded again next time.", stacklevel=2
+        )
+    return vectors

@@ -427,7 +427,8 @@ def test_chat_forgets_what_the_window_cut_and_the_llm_sees_the_same(
 
     def recording(embedder, index, messages, k=3, **kwargs):
         full.append(messages[-1])
-        assert embedder.tokenize(messages).input_ids == embedder.tokenize(full).input_ids  # nothing the LLM reads is lost
+        # nothing the LLM reads is lost
+        assert embedder.tokenize(messages).input_ids == embedder.tokenize(full).input_ids
         seen.append(len(messages))
         result = real(embedder, index, messages, k=k, **kwargs)
         full.append({"role": "assistant", "content": result.answer})

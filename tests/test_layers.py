@@ -30,6 +30,7 @@ CORE = {
     "files",
     "documents",
     "protocols",
+    "extras",
 }
 # What the core may never import: the package's upper layers and the optional frameworks and tools.
 UPPER = ("training", "evaluation", "cli", "bench_latency", "benchmarks", "integrations", "latent", "agent", "data")

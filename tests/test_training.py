@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +118,76 @@ def test_teacher_vectors_are_cached_and_unit_norm(split, data, teacher, tmp_path
     files = sorted(p.name for p in next(tmp_path.iterdir()).iterdir())
     assert files == ["corpus.npy", "target-question.npy"]
     np.testing.assert_allclose(corpus, split.corpus, atol=1e-6)
+
+
+def _copy_data(source, target, edit_passage: int | None = None, edit_query: int | None = None):
+    """A copy of a data folder at ``target``, optionally with one passage's or one question's text changed."""
+    target.mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
+        lines = (Path(source) / name).read_text().splitlines()
+        row = {"corpus.jsonl": edit_passage, "queries.jsonl": edit_query}.get(name)
+        if row is not None:
+            item = json.loads(lines[row])
+            if name == "corpus.jsonl":
+                item["text"] += " It was painted green in the last century."
+            else:
+                item["messages"][-1]["content"] = item["question"] = "Who looks after it in winter?"
+            lines[row] = json.dumps(item)
+        (target / name).write_text("\n".join(lines) + "\n")
+    return target
+
+
+def test_caches_are_keyed_by_content_not_by_the_data_folders_name(
+    tiny_llm, tiny_tokenizer, teacher, tiny_data_folder, tmp_path, monkeypatch
+):
+    first = load_data(_copy_data(tiny_data_folder, tmp_path / "a" / "data"), max_queries=6)
+    edited = load_data(_copy_data(tiny_data_folder, tmp_path / "b" / "data", edit_passage=3, edit_query=2), 6)
+    renamed = load_data(_copy_data(tiny_data_folder, tmp_path / "c" / "renamed"), max_queries=6)
+    assert first.name == edited.name == "data"
+    root = tmp_path / "cache"
+    llm_calls: list[int] = []
+    teacher_calls: list[int] = []
+
+    def counting_states(model, sequences, layers):
+        llm_calls.append(len(sequences))
+        return token_states(model, sequences, layers)
+
+    def caches(data):
+        llm_calls.clear(), teacher_calls.clear()
+        states = cache_hidden_states(tiny_llm, tiny_tokenizer, data, root / "states", prompt_format=FMT)
+        corpus, targets = teacher_vectors(teacher, data, root, "question")
+        return states, corpus, targets
+
+    monkeypatch.setattr(cache_mod, "token_states", counting_states)
+    encode = teacher.encode
+    monkeypatch.setattr(teacher, "encode", lambda texts, **kw: teacher_calls.append(len(texts)) or encode(texts, **kw))
+
+    states, corpus, targets = caches(first)
+    assert sum(llm_calls) == 6 and teacher_calls == [30, 6]
+
+    # another folder named "data" with one passage and one question edited: nothing stale is reused
+    states_b, corpus_b, targets_b = caches(edited)
+    assert sum(llm_calls) == 6 and teacher_calls == [30, 6]
+    np.testing.assert_allclose(corpus_b[3], encode([edited.corpus[3]["text"]])[0], atol=1e-5)
+    assert not np.allclose(corpus_b[3], corpus[3], atol=1e-3)
+    np.testing.assert_allclose(targets_b[2], encode(["Who looks after it in winter?"])[0], atol=1e-5)
+    query = edited.queries[2]
+    encoded = encode_conversation(tiny_tokenizer, query["messages"], FMT, query=query["question"])
+    expected = token_states(tiny_llm, [encoded.input_ids], [-1])[0]
+    torch.testing.assert_close(states_b.example(2).float(), expected, atol=2e-2, rtol=1e-2)
+    assert states_b.example(2).shape != states.example(2).shape
+
+    # the same content under another folder name: everything is reused
+    states_c, corpus_c, targets_c = caches(renamed)
+    assert llm_calls == [] and teacher_calls == []
+    torch.testing.assert_close(states_c.states, states.states, atol=0, rtol=0)
+    np.testing.assert_array_equal(corpus_c, corpus)
+    np.testing.assert_array_equal(targets_c, targets)
+
+    # another window is another hidden-state cache, never the old one
+    cache_hidden_states(tiny_llm, tiny_tokenizer, first, root / "states", prompt_format=PromptFormat(max_tokens=128))
+    assert sum(llm_calls) == 6
+    assert len([p for p in (root / "states").iterdir() if p.is_dir()]) == 3
 
 
 # -- training -------------------------------------------------------------------------------------------------

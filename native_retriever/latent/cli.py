@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from ..extras import require
+
 
 def cmd_train_latent(args) -> None:
     """Train a latent-view adapter on one data folder and save it (adapter + latent_config.json + curves)."""
     from ..checks import check_output_path
     from .training import LatentTrainConfig, train_latent_from_folder
 
+    require("latent", what="native-retriever train-latent")
     check_output_path(args.output, "--output", kind="folder", saves="latent-adapter")  # before data or model load
     config = LatentTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LatentTrainConfig)})
     encoder = train_latent_from_folder(

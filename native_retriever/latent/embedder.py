@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..checks import text_list
+from ..extras import require
 from ..models import load_llm
 from .config import check_k
 from .encoder import LatentEncoder
@@ -55,6 +56,7 @@ class LatentEmbedder:
         cls, adapter: str | os.PathLike, llm: str | os.PathLike | None = None, device: str | None = None, **kwargs
     ) -> LatentEmbedder:
         """Load the LLM (default: SmolLM2-135M-Instruct) and the adapter folder onto it."""
+        require("latent", "peft", what="The latent view")  # before the LLM loads
         model, tokenizer = load_llm(llm, device=device)
         return cls(model, tokenizer, adapter, **kwargs)
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..compat import cache_kwargs, output_cache
 from ..conversation import PromptFormat, encode_conversation, encode_document
 from ..errors import HeadFileError
+from ..extras import require
 from ..files import atomic_folder, recover, verify_folder
 from ..states import pad_token_id
 from .config import LatentConfig, check_k
@@ -115,6 +116,7 @@ class LatentEncoder:
     @staticmethod
     def lora_config(config: LatentConfig, num_layers: int):
         """The peft LoraConfig the latent adapter of `config` uses on a model of `num_layers` layers."""
+        require("latent", "peft", what="The latent view")
         from peft import LoraConfig
 
         layers = None
@@ -138,6 +140,7 @@ class LatentEncoder:
         seed: int = 0,
     ) -> LatentEncoder:
         """Inject a fresh (identity at start) LoRA adapter into ``model`` and record the base LLM's identity."""
+        require("latent", "peft", what="The latent view")
         from peft import get_peft_model
 
         from ..models import llm_info
@@ -159,6 +162,7 @@ class LatentEncoder:
         check_compatible: bool = True,
     ) -> LatentEncoder:
         """Load a trained adapter folder onto the agent's model; another base LLM is refused naming the field."""
+        require("latent", "peft", what="The latent view")
         from peft import PeftModel
 
         from ..models import llm_info

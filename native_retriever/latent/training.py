@@ -29,6 +29,7 @@ from ..bm25 import bm25_top
 from ..conversation import PromptFormat, encode_conversation, history_text, reply_closing_ids
 from ..data import RetrievalData, load_data
 from ..errors import DataFormatError
+from ..extras import pip_line, require
 from ..files import atomic_file, atomic_folder, check_output_folder, recover
 from ..training.losses import InfoNCE, ScoreDistillation, contrastive_batch
 from ..training.schedule import cosine_warmup
@@ -141,6 +142,7 @@ def build_examples(
     Queries whose judged passages are all missing from the corpus are skipped (with a warning); ``rationales``
     (query id -> text, e.g. from ``native-retriever latent-rationales``) replaces the data's own fields.
     """
+    require("latent", "bm25s", what="Latent training's hard negatives")
     queries = list(data.queries)
     if max_queries is not None and max_queries < len(queries):
         queries = random.Random(seed).sample(queries, max_queries)
@@ -324,9 +326,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     try:
         import matplotlib
     except ImportError:  # the log (training_log.json) is written anyway
-        warnings.warn(
-            "matplotlib is missing, so no loss_curve.png: pip install 'native-retriever[train]'.", stacklevel=2
-        )
+        warnings.warn(f"matplotlib is missing, so no loss_curve.png: {pip_line('train')}", stacklevel=2)
         return
 
     matplotlib.use("Agg")
@@ -364,6 +364,7 @@ def train_latent(
     ``corpus`` holds the passage texts the examples' indices point to. Checkpoints go to ``output/checkpoint``
     every ``checkpoint_every`` optimizer steps; ``resume=True`` continues from there.
     """
+    require("latent", "peft", what="train_latent")
     if not examples:
         raise DataFormatError("No training examples: every query lacked a judged passage, or the data is empty.")
     output = check_output_folder(output, "latent-adapter")  # before any work: never over a user's folder

@@ -4,6 +4,12 @@ A hidden-state cache is a folder of shards (``shard-00000.safetensors`` + ``.jso
 states of a few hundred conversations rendered by the shared formatter with the question appended as the agent's
 search query (so one pass serves both ``context`` and ``query`` heads: a causal LM's prefix states do not depend
 on what follows). Finished shards are kept, so an interrupted run resumes where it stopped.
+
+Every cache folder is named by a digest of what it was computed from, never by the data folder's name: the
+queries' content, the layers, the prompt format (window included) and the tokenizer for hidden states; the
+corpus, the queries, the teacher's identity, window and normalisation for teacher vectors. Edited data, or another
+folder of the same name, gets a folder of its own; the same data under another name reuses the cache. A folder
+cached from another LLM's weights under the same name is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..errors import NativeRetrieverError
 from ..files import atomic_file
 from ..models import fingerprints_match, llm_info
 from ..states import token_states
-from ..teacher import Teacher
+from ..teacher import Teacher, encoding_spec, texts_digest
 
 
 @dataclass
@@ -57,7 +63,24 @@ class HiddenStateCache:
 
 
 def _key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _json_digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def queries_digest(queries: list[dict]) -> str:
+    """The sha256 of the queries' ids, conversations and questions, in order."""
+    return _json_digest([[q["id"], q["messages"], q["question"]] for q in queries])
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """The sha256 of what tokenizing a conversation depends on: vocabulary, merges, special tokens, chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else _json_digest(tokenizer.get_vocab())
+    special = getattr(tokenizer, "all_special_tokens", [])
+    return _json_digest([vocabulary, getattr(tokenizer, "chat_template", None), special])
 
 
 def cache_hidden_states(
@@ -75,8 +98,14 @@ def cache_hidden_states(
     layers = layers or [-1]
     fmt = prompt_format or PromptFormat()
     info = llm_info(model)
-    spec = {"llm": info["name"], "layers": layers, "prompt_format": fmt.to_dict(), "data": data.name}
-    folder = Path(root) / f"{data.name}-{_key(spec)}"
+    spec = {
+        "llm": info["name"],
+        "layers": layers,
+        "prompt_format": fmt.to_dict(),
+        "tokenizer": tokenizer_digest(tokenizer),
+        "queries": queries_digest(data.queries),
+    }
+    folder = Path(root) / f"states-{_key(spec)}"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
     if manifest.is_file():
@@ -86,7 +115,8 @@ def cache_hidden_states(
                 f"{folder} was cached from another LLM's weights; delete it or use another cache."
             )
     else:
-        manifest.write_text(json.dumps({**spec, "llm": info}, indent=2))
+        with atomic_file(manifest) as tmp:  # the data's name is recorded for people, never part of the key
+            tmp.write_text(json.dumps({**spec, "llm": info, "data": data.name}, indent=2))
     shards = range(0, len(data.queries), shard_size)
     with tqdm(total=len(data.queries), desc=f"Caching hidden states ({data.name})", unit="conv") as bar:
         for number, start in enumerate(shards):
@@ -146,16 +176,22 @@ def teacher_vectors(
     ``target``: ``history`` (the whole conversation, cut from the oldest turns to the teacher's window),
     ``history-N`` (the last N messages) or ``question`` (the current question alone).
     """
-    folder = Path(root) / f"teacher-{_key({'teacher': teacher.info, 'data': data.name, 'n': len(data.queries)})}"
+    texts = [d["text"] for d in data.corpus]
+    spec = encoding_spec(teacher) | {"corpus": texts_digest(texts), "queries": queries_digest(data.queries)}
+    folder = Path(root) / f"teacher-{_key(spec)}"
     folder.mkdir(parents=True, exist_ok=True)
     corpus_path, target_path = folder / "corpus.npy", folder / f"target-{target}.npy"
     if not corpus_path.is_file():
-        np.save(corpus_path, teacher.encode([d["text"] for d in data.corpus], show_progress=True))
+        _save_npy(corpus_path, teacher.encode(texts, show_progress=True))
     if not target_path.is_file():
-        np.save(
-            target_path, teacher.encode([target_text(teacher, q, target) for q in data.queries], show_progress=True)
-        )
+        texts = [target_text(teacher, q, target) for q in data.queries]
+        _save_npy(target_path, teacher.encode(texts, show_progress=True))
     return np.load(corpus_path), np.load(target_path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # np.save(tmp) would add a second .npy suffix
+        np.save(handle, array)
 
 
 def target_text(teacher: Teacher, query: dict, target: str) -> str:

@@ -11,6 +11,7 @@ from ..conversation import PromptFormat
 from ..data import RetrievalData, load_data
 from ..data import passage_queries as corpus_queries
 from ..errors import InvalidArgumentError
+from ..extras import require
 from ..files import check_output_folder
 from ..heads import ProjectionHead
 from .cache import cache_hidden_states, teacher_vectors
@@ -63,6 +64,7 @@ def train_head_from_folders(
         raise InvalidArgumentError(
             "Give exactly one of dev (a data folder) and dev_holdout (a number of conversations to hold out)."
         )
+    require("train", "ranx", what="Head training")
     limits = per_folder(max_train_queries, len(folders), "max_train_queries")
     sizes = per_folder(passage_queries or 0, len(folders), "passage_queries")
     if output is not None:

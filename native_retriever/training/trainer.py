@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..conversation import PromptFormat
 from ..data import RetrievalData
 from ..evaluation import retrieval_metrics, top_k_run
+from ..extras import require
 from ..heads import HeadConfig, ProjectionHead
 from ..states import pad_states, select_tokens
 from .cache import HiddenStateCache
@@ -123,6 +124,7 @@ def train_head(
     train: list[Split], dev: Split, config: TrainConfig, base: HeadConfig, log_path: Path | None = None
 ) -> ProjectionHead:
     """Train a head on ``train`` with early stopping on ``dev`` Recall@10; returns the best head."""
+    require("train", "ranx", what="Head training (its dev metrics)")
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
