@@ -30,7 +30,7 @@ def test_a_second_eval_does_not_encode_the_corpus_again(counted, tiny_data_folde
     teacher, calls, _ = counted
     data = load_data(tiny_data_folder)
     first = evaluate_systems(data, ["teacher-question"], teacher=teacher)
-    assert calls == [len(data.corpus), len(data.queries)]
+    assert sorted(calls) == sorted([len(data.corpus), len(data.queries)])  # the corpus once, the questions once
     assert len(list((tmp_path / "home" / "corpus-vectors").iterdir())) == 1
 
     calls.clear()

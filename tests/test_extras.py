@@ -19,18 +19,23 @@ EXTRA_PACKAGES = ("ranx", "bm25s", "peft", "matplotlib")
 @pytest.fixture
 def nothing_loads(monkeypatch):
     """Make every data and model loader fail the test if called."""
-    import native_retriever.data
+    import importlib
+
     import native_retriever.embedder
     import native_retriever.heads
     import native_retriever.latent
-    import native_retriever.models
     import native_retriever.teacher
 
     def loaded(*args, **kwargs):
         raise AssertionError("something loaded before the extras were checked")
 
-    monkeypatch.setattr(native_retriever.models, "load_llm", loaded)
-    monkeypatch.setattr(native_retriever.data, "load_data", loaded)
+    # the loaders, patched in every module that imports them by name (imported here first, so none of them keeps
+    # the stand-in after the test)
+    names = ("data", "models", "evaluation", "training.pipeline", "latent.training")
+    for module in [importlib.import_module(f"native_retriever.{name}") for name in names]:
+        for loader in ("load_data", "load_llm"):
+            if hasattr(module, loader):
+                monkeypatch.setattr(module, loader, loaded)
     monkeypatch.setattr(native_retriever.teacher.Teacher, "from_pretrained", loaded)
     monkeypatch.setattr(native_retriever.heads.ProjectionHead, "from_pretrained", loaded)
     monkeypatch.setattr(native_retriever.embedder.NativeEmbedder, "from_pretrained", loaded)
