@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from .bm25 import DEFAULT_HYBRID, Hybrid
 from .compat import cache_kwargs
 from .conversation import (
     EncodedConversation,
     clean_query,
     kept_messages,
+    lexical_queries,
     rewrite_messages,
     tokenize_chat,
     validate_conversation,
@@ -165,12 +167,15 @@ def native_turn(
     k: int = 3,
     max_new_tokens: int = 48,
     min_new_tokens: int = 0,
+    hybrid: Hybrid | None = DEFAULT_HYBRID,
 ) -> Turn:
     """Retrieve and answer with one prefill of the conversation.
 
     The conversation (the head's formatted tokens, ``embedder.tokenize``) is prefilled once; the head reads that
     prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
-    template and the answer is generated on the same KV cache. Timings: ``prefill`` (formatting included), ``head``,
+    template and the answer is generated on the same KV cache. The search fuses the head's vector with BM25 on
+    the conversation's last user messages (``hybrid``, see :class:`~native_retriever.bm25.Hybrid`; None: the
+    vector alone). Timings: ``prefill`` (formatting included), ``head``,
     ``search``, ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
     """
     model, tokenizer = embedder.model, embedder.tokenizer
@@ -181,7 +186,8 @@ def native_turn(
     clock.lap("prefill")
     vector = cap.vectors([encoded])
     clock.lap("head")
-    hits = index.search(vector, k=k)[0]
+    texts = [lexical_queries(messages, hybrid.texts)] if hybrid else None
+    hits = index.search(vector, k=k, texts=texts, hybrid=hybrid)[0]
     clock.lap("search")
     prompt = encoded.input_ids + appended_ids(tokenizer, kept, encoded.input_ids, tool_messages(hits))
     prefill(model, prompt[len(encoded.input_ids) : -1], cache)

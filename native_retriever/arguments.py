@@ -32,3 +32,40 @@ def add_device(parser: argparse.ArgumentParser) -> None:
         help="torch device for the models: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps "
         "(default auto)",
     )
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse ``type`` for numbers of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def add_hybrid(parser: argparse.ArgumentParser) -> None:
+    """``--lexical-weights``: BM25's weights in hybrid search (``bm25.Hybrid``; 0: the head's vector alone)."""
+    from .bm25 import DEFAULT_HYBRID
+
+    default = " ".join(f"{w:g}" for w in DEFAULT_HYBRID.weights)
+    parser.add_argument(
+        "--lexical-weights",
+        type=non_negative_float,
+        nargs="+",
+        default=list(DEFAULT_HYBRID.weights),
+        metavar="W",
+        help="weights of BM25 on the current question and the user messages before it, fused with the head's "
+        f"ranking by reciprocal rank (default {default}; 0: the head's vector alone)",
+    )
+
+
+def hybrid_of(args: argparse.Namespace):
+    """The ``bm25.Hybrid`` that ``--lexical-weights`` asks for (None when every weight is 0)."""
+    from dataclasses import replace
+
+    from .bm25 import DEFAULT_HYBRID
+
+    weights = tuple(args.lexical_weights)
+    return replace(DEFAULT_HYBRID, weights=weights) if any(weights) else None

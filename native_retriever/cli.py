@@ -10,7 +10,7 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from .arguments import add_device, at_least, positive_int
+from .arguments import add_device, add_hybrid, at_least, hybrid_of, positive_int
 from .documents import MIN_MAX_WORDS
 from .extras import require
 
@@ -66,7 +66,7 @@ def cmd_demo(args) -> None:
     messages: list[dict] = []
     for turn in script["turns"]:
         messages.append({"role": "user", "content": turn})
-        result = native_turn(embedder, index, messages, k=args.k)
+        result = native_turn(embedder, index, messages, k=args.k, hybrid=hybrid_of(args))
         ms = result.timings
         print(f"User: {turn}")
         print(
@@ -100,7 +100,8 @@ def cmd_search(args) -> None:
     """Search an index with a standalone question, embedded by the agent LLM and the head."""
     embedder = _embedder(args)
     index = _open_index(args.index, embedder)
-    _show_hits(index.search(embedder.embed_query(args.query), k=args.k)[0])
+    hits = index.search(embedder.embed_query(args.query), k=args.k, texts=[args.query], hybrid=hybrid_of(args))
+    _show_hits(hits[0])
 
 
 def cmd_chat(args) -> None:
@@ -115,7 +116,7 @@ def cmd_chat(args) -> None:
         if not line.strip():
             break
         messages.append({"role": "user", "content": line.strip()})
-        result = native_turn(embedder, index, messages, k=args.k)
+        result = native_turn(embedder, index, messages, k=args.k, hybrid=hybrid_of(args))
         _show_hits(result.hits)
         print(f"Assistant: {result.answer}")
         _forget_cut_turns(embedder, messages)
@@ -197,9 +198,11 @@ def cmd_eval(args) -> None:
         save_runs=args.save_runs,
     )
     for name, metrics in report["systems"].items():
+        story = metrics.get("within_story")
         print(
             f"{name:22s} R@10 {metrics['recall@10']:.3f}  MRR@10 {metrics['mrr@10']:.3f}  "
             f"nDCG@10 {metrics['ndcg@10']:.3f}  ({metrics['queries']} queries)"
+            + (f"  within the story: MRR@10 {story['mrr@10']:.3f}" if story else "")
         )
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="index a small shipped corpus and chat over it with native retrieval")
     _add_models(demo)
     demo.add_argument("-k", type=positive_int, default=3, help="passages retrieved each turn (default 3)")
+    add_hybrid(demo)
     demo.set_defaults(func=cmd_demo)
 
     index = sub.add_parser("index", help="index a folder of .txt/.md files with the teacher")
@@ -330,12 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("index", help="index folder written by `native-retriever index`")
     search.add_argument("query", help="the question, embedded as a one-message conversation")
     search.add_argument("-k", type=positive_int, default=5, help="passages to print (default 5)")
+    add_hybrid(search)
     _add_models(search)
     search.set_defaults(func=cmd_search)
 
     chat = sub.add_parser("chat", help="chat over an index, reading questions from standard input")
     chat.add_argument("index", help="index folder written by `native-retriever index`")
     chat.add_argument("-k", type=positive_int, default=3, help="passages retrieved each turn (default 3)")
+    add_hybrid(chat)
     _add_models(chat)
     chat.set_defaults(func=cmd_chat)
 
@@ -380,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_config(train)
     train.set_defaults(func=cmd_train_head)
 
-    default_systems = "bm25-question,teacher-question,teacher-history,generate-then-encode,native-context,native-query"
+    default_systems = (  # evaluation.DEFAULT_SYSTEMS (tests/test_cli.py checks), kept here so --help imports no torch
+        "bm25-question,teacher-question,teacher-history,teacher-last5,generate-then-encode,native-context,"
+        "native-context-dense,native-query"
+    )
     evaluate = sub.add_parser(
         "eval",
         help="score retrieval systems side by side on a data folder",
@@ -391,8 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--systems",
         default=default_systems,
-        help="comma-separated systems to score, from bm25-question, teacher-question, teacher-history, "
-        "generate-then-encode, native-context, native-query, latent, latent-contrastive "
+        help="comma-separated systems to score, from the default ones, latent and latent-contrastive "
         f"(default {default_systems})",
     )
     evaluate.add_argument("--query-head", help="head for native-query (default: the shipped query head)")

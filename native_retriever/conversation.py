@@ -304,6 +304,15 @@ def history_text(messages: Sequence, last: int | None = None) -> str:
     return "\n".join(message["content"] for message in checked)
 
 
+def lexical_queries(messages: Sequence, users: int = 2) -> list[str]:
+    """The texts hybrid search gives BM25 for a conversation: its last ``users`` user messages, newest first.
+
+    The current question alone misses what "she" or "it" refers to; the one before usually names it.
+    """
+    asked = [m["content"] for m in validate_conversation(messages) if m["role"] == "user"]
+    return asked[::-1][:users]
+
+
 def rewrite_messages(messages: Sequence) -> list[dict]:
     """The generate-then-encode prompt: the recent turns, then a request to rewrite the last question."""
     checked = [m for m in validate_conversation(messages) if m["role"] != "system"]

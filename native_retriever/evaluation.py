@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from .bm25 import bm25_top
+from .bm25 import DEFAULT_HYBRID, BM25Index, Hybrid
 from .checks import check_output_path
+from .conversation import lexical_queries
 from .data import RetrievalData, load_data
 from .errors import DataFormatError, InvalidArgumentError
 from .extras import require
@@ -49,16 +50,73 @@ def quiet_ranx() -> Iterator[None]:
         yield
 
 
-def top_k_run(
-    query_ids: Sequence[str], doc_ids: Sequence[str], queries: np.ndarray, docs: np.ndarray, k: int = 10
-) -> dict[str, dict[str, float]]:
-    """Exact inner-product top-k of each query vector over the document vectors, as a ranx-style run."""
-    run: dict[str, dict[str, float]] = {}
-    for start in range(0, len(query_ids), 1024):
+def ranked_rows(
+    queries: np.ndarray, docs: np.ndarray, k: int, candidates: Sequence[np.ndarray] | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per query vector, its ``k`` best document rows by exact inner product and their scores, best first.
+
+    ``candidates``: per query, the document rows it may rank (None: all of them).
+    """
+    for start in range(0, len(queries), 1024):
         scores = queries[start : start + 1024] @ docs.T
-        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        if candidates is not None:
+            masked = np.full_like(scores, -np.inf)
+            for row, allowed in enumerate(candidates[start : start + 1024]):
+                masked[row, allowed] = scores[row, allowed]
+            scores = masked
+        fetch = min(k, scores.shape[1])
+        top = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch]
         for row, columns in enumerate(top):
-            run[query_ids[start + row]] = {doc_ids[c]: float(scores[row, c]) for c in columns}
+            values = scores[row, columns]
+            order = np.argsort(-values, kind="stable")
+            keep = np.isfinite(values[order])
+            yield columns[order][keep], values[order][keep]
+
+
+def top_k_run(
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    queries: np.ndarray,
+    docs: np.ndarray,
+    k: int = 10,
+    candidates: Sequence[np.ndarray] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Exact inner-product top-k of each query vector over the document vectors, as a ranx-style run
+    (``candidates``: per query, the document rows it may rank)."""
+    return {
+        qid: {doc_ids[c]: float(v) for c, v in zip(columns.tolist(), values.tolist(), strict=True)}
+        for qid, (columns, values) in zip(query_ids, ranked_rows(queries, docs, k, candidates), strict=True)
+    }
+
+
+def lexical_rankings(
+    index: BM25Index, texts: Sequence[str], k: int, candidates: Sequence[np.ndarray] | None = None
+) -> list[list[tuple[int, float]]]:
+    """Per text, its ``k`` best documents by BM25 that share a word with it, as (row, score), best first
+    (``candidates``: per text, the document rows it may rank)."""
+    rows, scores = index.top(texts, k if candidates is None else index.size)
+    out = []
+    for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
+        allowed = None if candidates is None else set(candidates[i].tolist())
+        out.append([(r, s) for r, s in zip(row, score, strict=True) if s > 0 and (allowed is None or r in allowed)][:k])
+    return out
+
+
+def hybrid_run(
+    inputs: EvalInputs, vectors: np.ndarray, texts: Sequence[Sequence[str]], hybrid: Hybrid, k: int = 10
+) -> dict[str, dict[str, float]]:
+    """The top-``k`` run of query vectors over the teacher's corpus vectors fused with BM25 on each query's texts,
+    as ``VectorIndex.search(texts=...)`` fuses them (stemmed BM25, ``hybrid.fuse``)."""
+    doc_ids, candidates = inputs.data.doc_ids, inputs.candidates
+    lexical = inputs.memo("bm25-stemmed", lambda: BM25Index([d["text"] for d in inputs.data.corpus]))
+    flat = [t for entry in texts for t in entry]
+    flat_candidates = None if candidates is None else [c for c, entry in zip(candidates, texts) for _ in entry]
+    words = iter(lexical_rankings(lexical, flat, hybrid.depth, flat_candidates))
+    dense = ranked_rows(vectors, inputs.corpus_vectors, max(k, hybrid.depth), candidates)
+    run = {}
+    for qid, (columns, _), entry in zip(inputs.query_ids, dense, texts, strict=True):
+        fused = hybrid.fuse(columns.tolist(), [[r for r, _ in next(words)] for _ in entry], k)
+        run[qid] = {doc_ids[r]: score for r, score in fused}
     return run
 
 
@@ -190,6 +248,14 @@ class EvalInputs:
     max_new_tokens: int = 32
     generated_queries: dict[str, str] = field(default_factory=dict)
     corpus_cache: str | os.PathLike | None = None  # where corpus vectors are cached by content (None: the default)
+    candidates: list[np.ndarray] | None = None  # per judged query, the corpus rows it may rank (None: all)
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def memo(self, key: str, compute):
+        """``compute()``, done once per key (query vectors shared by the within-story pass and by two systems)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def query_ids(self) -> list[str]:
@@ -232,7 +298,11 @@ class EvalInputs:
 
     def teacher_run(self, vectors: np.ndarray) -> dict[str, dict[str, float]]:
         """The top-10 run of query vectors (one row per judged query) over the teacher's corpus vectors."""
-        return top_k_run(self.query_ids, self.data.doc_ids, vectors, self.corpus_vectors)
+        return top_k_run(self.query_ids, self.data.doc_ids, vectors, self.corpus_vectors, candidates=self.candidates)
+
+    def teacher_vectors(self, key: str, texts) -> np.ndarray:
+        """The teacher's vectors of ``texts()`` (one per judged query), encoded once per key."""
+        return self.memo(key, lambda: self.teacher.encode(texts()))
 
 
 @runtime_checkable
@@ -248,13 +318,16 @@ class System(Protocol):
 
 
 class BM25Question:
-    """BM25 (bm25s, English stop words) of the current question alone."""
+    """BM25 (bm25s, English stop words, no stemming) of the current question alone."""
 
     name, needs = "bm25-question", ()
 
     def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
         """BM25's top 10 of each question."""
-        return bm25_run(inputs.data)
+        index = inputs.memo("bm25", lambda: BM25Index([d["text"] for d in inputs.data.corpus], stem=False))
+        ranked = lexical_rankings(index, [q["question"] for q in inputs.data.queries], 10, inputs.candidates)
+        doc_ids = inputs.data.doc_ids
+        return {qid: {doc_ids[r]: s for r, s in rows} for qid, rows in zip(inputs.query_ids, ranked, strict=True)}
 
 
 class TeacherQuestion:
@@ -264,18 +337,24 @@ class TeacherQuestion:
 
     def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
         """The teacher's top 10 of each question."""
-        return inputs.teacher_run(inputs.teacher.encode([q["question"] for q in inputs.data.queries]))
+        return inputs.teacher_run(
+            inputs.teacher_vectors(self.name, lambda: [q["question"] for q in inputs.data.queries])
+        )
 
 
+@dataclass(frozen=True)
 class TeacherHistory:
-    """The teacher's vector of the conversation's text (``Teacher.history_query``)."""
+    """The teacher's vector of the conversation's text (``Teacher.history_query``): all of it, or its ``last``
+    messages."""
 
-    name, needs = "teacher-history", ("teacher",)
+    name: str = "teacher-history"
+    last: int | None = None
+    needs: tuple[str, ...] = ("teacher",)
 
     def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
         """The teacher's top 10 of each conversation's text."""
-        texts = [inputs.teacher.history_query(messages) for messages in inputs.conversations]
-        return inputs.teacher_run(inputs.teacher.encode(texts))
+        texts = lambda: [inputs.teacher.history_query(m, last=self.last) for m in inputs.conversations]  # noqa: E731
+        return inputs.teacher_run(inputs.teacher_vectors(self.name, texts))
 
 
 class GenerateThenEncode:
@@ -285,7 +364,7 @@ class GenerateThenEncode:
 
     def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
         """The teacher's top 10 of each generated query."""
-        return inputs.teacher_run(inputs.teacher.encode(inputs.search_queries))
+        return inputs.teacher_run(inputs.teacher_vectors(self.name, lambda: inputs.search_queries))
 
 
 class NativeQuery:
@@ -295,23 +374,37 @@ class NativeQuery:
 
     def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
         """The top 10 of each query head vector over the teacher's corpus vectors."""
-        vectors = inputs.query_embedder.embed_generated_queries(
-            inputs.conversations, inputs.search_queries, batch_size=inputs.batch_size, show_progress=True
+        vectors = inputs.memo(
+            self.name,
+            lambda: inputs.query_embedder.embed_generated_queries(
+                inputs.conversations, inputs.search_queries, batch_size=inputs.batch_size, show_progress=True
+            ),
         )
         return inputs.teacher_run(vectors)
 
 
+@dataclass(frozen=True)
 class NativeContext:
-    """A ``context`` head reads the LLM's states of the conversation itself (one prefill, no generation)."""
+    """A ``context`` head reads the LLM's states of the conversation itself (one prefill, no generation), its
+    vector searched as a user's search is by default: fused with BM25 on the last user messages (``hybrid``;
+    None: the vector alone)."""
 
-    name, needs = "native-context", ("context_embedder", "teacher")
+    name: str = "native-context"
+    hybrid: Hybrid | None = DEFAULT_HYBRID
+    needs: tuple[str, ...] = ("context_embedder", "teacher")
 
     def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
-        """The top 10 of each context head vector over the teacher's corpus vectors."""
-        vectors = inputs.context_embedder.embed_conversations(
-            inputs.conversations, batch_size=inputs.batch_size, show_progress=True
+        """The top 10 of each context head vector over the teacher's corpus vectors (fused with BM25)."""
+        vectors = inputs.memo(
+            "native-context-vectors",
+            lambda: inputs.context_embedder.embed_conversations(
+                inputs.conversations, batch_size=inputs.batch_size, show_progress=True
+            ),
         )
-        return inputs.teacher_run(vectors)
+        if self.hybrid is None:
+            return inputs.teacher_run(vectors)
+        texts = [lexical_queries(m, self.hybrid.texts) for m in inputs.conversations]
+        return hybrid_run(inputs, vectors, texts, self.hybrid)
 
 
 @dataclass(frozen=True)
@@ -324,11 +417,19 @@ class LatentView:
     def run(self, inputs: EvalInputs) -> dict[str, dict[str, float]]:
         """The top 10 of each latent conversation vector over the adapter's own corpus vectors."""
         embedder = inputs.latent_embedders[self.name]
-        docs = embedder.embed_documents(
-            [d["text"] for d in inputs.data.corpus], batch_size=inputs.batch_size, show_progress=True
+        docs = inputs.memo(
+            f"{self.name}-corpus",
+            lambda: embedder.embed_documents(
+                [d["text"] for d in inputs.data.corpus], batch_size=inputs.batch_size, show_progress=True
+            ),
         )
-        vectors = embedder.embed_conversations(inputs.conversations, batch_size=inputs.batch_size, show_progress=True)
-        return top_k_run(inputs.query_ids, inputs.data.doc_ids, vectors, docs)
+        vectors = inputs.memo(
+            self.name,
+            lambda: embedder.embed_conversations(
+                inputs.conversations, batch_size=inputs.batch_size, show_progress=True
+            ),
+        )
+        return top_k_run(inputs.query_ids, inputs.data.doc_ids, vectors, docs, candidates=inputs.candidates)
 
 
 SYSTEMS: dict[str, System] = {
@@ -337,14 +438,25 @@ SYSTEMS: dict[str, System] = {
         BM25Question(),
         TeacherQuestion(),
         TeacherHistory(),
+        TeacherHistory("teacher-last5", last=5),
         GenerateThenEncode(),
         NativeContext(),
+        NativeContext("native-context-dense", hybrid=None),
         NativeQuery(),
         LatentView("latent"),
         LatentView("latent-contrastive"),
     )
 }
-DEFAULT_SYSTEMS = ("bm25-question", "teacher-question", "teacher-history", BASELINE, "native-context", "native-query")
+DEFAULT_SYSTEMS = (
+    "bm25-question",
+    "teacher-question",
+    "teacher-history",
+    "teacher-last5",
+    BASELINE,
+    "native-context",
+    "native-context-dense",
+    "native-query",
+)
 
 
 def resolve_systems(systems: Sequence[str | System]) -> list[System]:
@@ -356,19 +468,44 @@ def resolve_systems(systems: Sequence[str | System]) -> list[System]:
     return [SYSTEMS[s] if isinstance(s, str) else s for s in systems]
 
 
-def bm25_run(data, k: int = 10) -> dict[str, dict[str, float]]:
-    """BM25 (bm25s, English stop words) of the current question alone."""
-    require("eval", "bm25s", what="BM25")
-    docs, scores = bm25_top([d["text"] for d in data.corpus], [q["question"] for q in data.queries], k)
-    return {
-        q["id"]: {data.corpus[int(d)]["id"]: float(s) for d, s in zip(docs[row], scores[row])}
-        for row, q in enumerate(data.queries)
-    }
+#: Turn-depth buckets of the per-depth metrics: (first, last) user turn, None for no end.
+TURN_BUCKETS = ((1, 1), (2, 3), (4, 6), (7, 10), (11, None))
+
+
+def turn_depth(messages: Sequence) -> int:
+    """The number of user messages in a conversation (1 for its first question)."""
+    return sum(1 for m in messages if m["role"] == "user")
+
+
+def by_turn_depth(data: RetrievalData, run: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """The metrics of ``run`` per turn-depth bucket (``TURN_BUCKETS``; labels like ``1``, ``2-3``, ``11+``)."""
+    depths = {q["id"]: turn_depth(q["messages"]) for q in data.queries}
+    out = {}
+    for first, last in TURN_BUCKETS:
+        label = f"{first}+" if last is None else str(first) if first == last else f"{first}-{last}"
+        qrels = {q: r for q, r in data.qrels.items() if first <= depths[q] and (last is None or depths[q] <= last)}
+        if qrels:
+            out[label] = retrieval_metrics(qrels, run)
+    return out
+
+
+def story_candidates(data: RetrievalData) -> list[np.ndarray] | None:
+    """Per judged query, the corpus rows of its own story (passage ids ``<story_id>#<n>``, as the CoQA sets have);
+    None when some query's story has no passages in the corpus (within-story ranking is then undefined)."""
+    rows: dict[str, list[int]] = {}
+    for row, doc_id in enumerate(data.doc_ids):
+        story, sep, _ = doc_id.rpartition("#")
+        if sep:
+            rows.setdefault(story, []).append(row)
+    found = [rows.get(str(q.get("story_id"))) for q in data.queries]
+    if not found or any(r is None for r in found):
+        return None
+    return [np.asarray(r, dtype=np.int64) for r in found]
 
 
 def require_extras(systems: Sequence[System]) -> None:
     """Refuse, with the pip line, an evaluation whose extras are not installed (before any model loads)."""
-    require("eval", "ranx", *(["bm25s"] if any(s.name == "bm25-question" for s in systems) else []), what="Evaluation")
+    require("eval", "ranx", what="Evaluation")
     if any("latent_embedder" in s.needs for s in systems):
         require("latent", "peft", what="The latent systems")
 
@@ -387,8 +524,15 @@ def evaluate_systems(
     latent_embedders: dict | None = None,
     save_runs: str | os.PathLike | None = None,
     corpus_cache: str | os.PathLike | None = None,
+    within_story: bool = True,
 ) -> dict:
     """Score each system on ``data`` (a RetrievalData) over the same corpus and queries.
+
+    Each system's metrics hold ``by_turn`` (the metrics per turn-depth bucket, ``TURN_BUCKETS``) and, when
+    ``within_story`` and every query's story has passages in the corpus (``story_candidates``), ``within_story``:
+    the metrics when each query ranks only its own story's passages (how well it picks the asked-about passage
+    among its neighbours). The built-in systems rank within the story themselves (``EvalInputs.candidates``); a
+    system of one's own that ignores it is scored on its run filtered to the story.
 
     ``systems``: names of SYSTEMS, or System objects (a system of one's own is one class).
     ``llm``: ``(model, tokenizer)`` of the agent LLM that writes queries for ``generate-then-encode`` (the teacher
@@ -429,9 +573,18 @@ def evaluate_systems(
     results: dict[str, dict] = {}
     for system in chosen:
         run = system.run(inputs)
-        results[system.name] = retrieval_metrics(data.qrels, run)
+        results[system.name] = retrieval_metrics(data.qrels, run) | {"by_turn": by_turn_depth(data, run)}
         if save_runs is not None:
             save_run(run, Path(save_runs) / f"{system.name}.trec", system.name)
+    candidates = story_candidates(data) if within_story else None
+    if candidates is not None:
+        inputs.candidates = candidates
+        doc_ids = data.doc_ids
+        allowed = {qid: {doc_ids[r] for r in rows.tolist()} for qid, rows in zip(inputs.query_ids, candidates)}
+        for system in chosen:
+            run = system.run(inputs)
+            run = {q: {d: v for d, v in docs.items() if d in allowed.get(q, ())} for q, docs in run.items()}
+            results[system.name]["within_story"] = retrieval_metrics(data.qrels, run)
     baseline = results.get(BASELINE)
     if baseline:
         for metrics in results.values():

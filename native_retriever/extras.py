@@ -1,7 +1,8 @@
 """Optional dependencies: which extra installs what, and a check that names the pip line before anything loads.
 
 ``pip install native-retriever`` installs what inference needs (torch, transformers, sentence-transformers, FAISS,
-the default models). Evaluation, training and the latent view need packages of their own, installed by extras.
+BM25 for hybrid search, the default models). Evaluation, training and the latent view need packages of their own,
+installed by extras.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from .errors import MissingExtraError
 
 #: The packages (import names) each extra brings; ``[dev]`` brings them all.
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "eval": ("ranx", "bm25s"),
+    "eval": ("ranx",),
     "train": ("ranx", "matplotlib"),
-    "latent": ("peft", "bm25s"),
+    "latent": ("peft",),
 }
 
 

@@ -23,10 +23,11 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .bm25 import DEFAULT_HYBRID, BM25Index, Hybrid
 from .errors import DataFormatError, DimensionMismatchError, IndexFileError, NativeRetrieverError
 from .files import MANIFEST, atomic_folder, check_output_folder, reading, verify_folder
 
-__all__ = ["SearchHit", "VectorIndex"]
+__all__ = ["DEFAULT_HYBRID", "Hybrid", "SearchHit", "VectorIndex"]
 
 FORMAT = "native-retriever-index"
 VERSION = 1
@@ -122,6 +123,7 @@ class VectorIndex:
         self._index = self._new_index(self.nlist)
         self._gpu_index: Any = None
         self._exclude: Any = None
+        self._lexical: tuple[BM25Index, list[str]] | None = None  # BM25 over the live records, built on first use
         self._lock = _ReadWriteLock()  # searches and save's snapshot share it; add, delete and compact own it
         self._cache_lock = threading.Lock()  # the lazily built GPU copy and tombstone selector
 
@@ -271,8 +273,21 @@ class VectorIndex:
         self._changed()
 
     # ------------------------------------------------------------------ search
-    def search(self, query_vectors: Any, k: int = 10) -> list[list[SearchHit]]:
+    def search(
+        self,
+        query_vectors: Any,
+        k: int = 10,
+        *,
+        texts: Sequence[str | Sequence[str]] | None = None,
+        hybrid: Hybrid | None = DEFAULT_HYBRID,
+    ) -> list[list[SearchHit]]:
         """Top-``k`` hits per query, best first; a 1-d vector is one query (still a list of one list).
+
+        ``texts``: per query vector, its query text or texts (for a conversation, its last user messages newest
+        first: ``conversation.lexical_queries``); the vector ranking is then fused with BM25 on them as ``hybrid``
+        says (:class:`Hybrid`; None: the vectors alone) and each hit's ``score`` is its fused score. Without texts,
+        ``score`` is the inner product. The BM25 index over the records is built on the first such search after a
+        change.
 
         Safe to call from many threads: CPU searches run side by side, GPU searches one at a time (a faiss GPU
         index and its resources are not thread-safe).
@@ -281,34 +296,80 @@ class VectorIndex:
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
                 raise ValueError(f"k must be a positive integer, got {k!r}")
             q = self._matrix(query_vectors, "query vector")
-            bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
-            if bad.size:
-                raise ValueError(f"query vector {int(bad[0])} contains NaN or infinite values")
-            if not self._records or q.shape[0] == 0:
-                return [[] for _ in range(q.shape[0])]
-            fetch = min(int(k), len(self._records))
-            if self._tombstones:
-                with self._cache_lock:  # searches share the lock: the lazy selector is built once
-                    if self._exclude is None:
-                        batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
-                        self._exclude = (batch, faiss.IDSelectorNot(batch))
-                params = faiss.SearchParametersHNSW(sel=self._exclude[1], efSearch=max(self.ef_search, fetch))
-                scores, rows = self._index.search(q, fetch, params=params)
-            else:
-                scores, rows = self._search_index(fetch).search(q, fetch)
-            results: list[list[SearchHit]] = []
-            for score_row, id_row in zip(scores.tolist(), rows.tolist(), strict=True):
-                hits: list[SearchHit] = []
-                for score, row in zip(score_row, id_row, strict=True):
-                    id_ = self._row_to_id.get(row) if row >= 0 else None
-                    if id_ is None:  # faiss padding (-1) or a tombstoned row
-                        continue
-                    rec = self._records[id_]
-                    hits.append(
-                        SearchHit(id=id_, text=rec.text, score=float(score), metadata=copy.deepcopy(rec.metadata))
-                    )
-                results.append(hits[:k])
-            return results
+            if texts is None or hybrid is None:
+                return self._vector_search(q, int(k))
+            return self._hybrid_search(q, int(k), self._query_texts(texts, q.shape[0], hybrid), hybrid)
+
+    @staticmethod
+    def _query_texts(texts: Any, queries: int, hybrid: Hybrid) -> list[list[str]]:
+        """``texts`` as one list of strings per query, checked against the queries and the hybrid's weights."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) != queries:
+            raise ValueError(
+                f"texts must be a list of {queries} entries, one per query vector (a query string or a list of "
+                f"them), got {texts if isinstance(texts, str) else type(texts).__name__}"
+                + (f" of {len(texts)}" if isinstance(texts, Sequence) and not isinstance(texts, str) else "")
+            )
+        out = [[t] if isinstance(t, str) else list(t) if isinstance(t, Sequence) else None for t in texts]
+        for i, entry in enumerate(out):
+            if entry is None or not all(isinstance(t, str) for t in entry):
+                raise ValueError(f"texts[{i}] must be a query string or a list of strings, got {texts[i]!r}")
+            if len(entry) > hybrid.texts:
+                raise ValueError(
+                    f"texts[{i}] holds {len(entry)} query texts but the Hybrid has {hybrid.texts} weight(s); pass at "
+                    f"most {hybrid.texts} or give Hybrid(weights=...) one weight per text"
+                )
+        return out
+
+    def _hybrid_search(self, q: np.ndarray, k: int, texts: list[list[str]], hybrid: Hybrid) -> list[list[SearchHit]]:
+        dense = self._vector_search(q, max(k, hybrid.depth))
+        with self._cache_lock:
+            if self._lexical is None:
+                ids = list(self._records)
+                self._lexical = (BM25Index([self._records[i].text for i in ids]), ids)
+            lexical, ids = self._lexical
+        flat = [t for entry in texts for t in entry]
+        ranked = iter(lexical.ranked(flat, hybrid.depth))
+        results = []
+        for hits, entry in zip(dense, texts, strict=True):
+            words = [[ids[r] for r in next(ranked)] for _ in entry]
+            fused = hybrid.fuse([h.id for h in hits], words, k)
+            by_id = {h.id: h for h in hits}
+            results.append([self._hit(id_, score, by_id.get(id_)) for id_, score in fused])
+        return results
+
+    def _hit(self, id_: str, score: float, hit: SearchHit | None) -> SearchHit:
+        if hit is not None:
+            return SearchHit(id=hit.id, text=hit.text, score=score, metadata=hit.metadata)
+        rec = self._records[id_]
+        return SearchHit(id=id_, text=rec.text, score=score, metadata=copy.deepcopy(rec.metadata))
+
+    def _vector_search(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
+        bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+        if bad.size:
+            raise ValueError(f"query vector {int(bad[0])} contains NaN or infinite values")
+        if not self._records or q.shape[0] == 0:
+            return [[] for _ in range(q.shape[0])]
+        fetch = min(int(k), len(self._records))
+        if self._tombstones:
+            with self._cache_lock:  # searches share the lock: the lazy selector is built once
+                if self._exclude is None:
+                    batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
+                    self._exclude = (batch, faiss.IDSelectorNot(batch))
+            params = faiss.SearchParametersHNSW(sel=self._exclude[1], efSearch=max(self.ef_search, fetch))
+            scores, rows = self._index.search(q, fetch, params=params)
+        else:
+            scores, rows = self._search_index(fetch).search(q, fetch)
+        results: list[list[SearchHit]] = []
+        for score_row, id_row in zip(scores.tolist(), rows.tolist(), strict=True):
+            hits: list[SearchHit] = []
+            for score, row in zip(score_row, id_row, strict=True):
+                id_ = self._row_to_id.get(row) if row >= 0 else None
+                if id_ is None:  # faiss padding (-1) or a tombstoned row
+                    continue
+                rec = self._records[id_]
+                hits.append(SearchHit(id=id_, text=rec.text, score=float(score), metadata=copy.deepcopy(rec.metadata)))
+            results.append(hits[:k])
+        return results
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -459,6 +520,7 @@ class VectorIndex:
     def _changed(self) -> None:
         self._gpu_index = None
         self._exclude = None
+        self._lexical = None
 
     def _search_index(self, k: int) -> Any:
         if not self._use_gpu or k > GPU_MAX_K:

@@ -13,7 +13,7 @@ from native_retriever.cli import main
 from native_retriever.errors import MissingExtraError
 from native_retriever.extras import EXTRAS, require
 
-EXTRA_PACKAGES = ("ranx", "bm25s", "peft", "matplotlib")
+EXTRA_PACKAGES = ("ranx", "peft", "matplotlib")
 
 
 @pytest.fixture
@@ -50,11 +50,11 @@ def _uninstall(monkeypatch, *packages: str) -> None:
 
 def test_require_names_the_missing_package_and_the_pip_line(monkeypatch):
     require("eval")  # installed here: nothing happens
-    _uninstall(monkeypatch, "bm25s")
+    _uninstall(monkeypatch, "ranx")
     with pytest.raises(MissingExtraError) as info:
-        require("eval", what="BM25")
-    assert str(info.value) == 'BM25 needs bm25s, which is not installed: pip install "native-retriever[eval]"'
-    require("eval", "ranx")  # only the packages asked for are checked
+        require("eval", what="Evaluation")
+    assert str(info.value) == 'Evaluation needs ranx, which is not installed: pip install "native-retriever[eval]"'
+    require("latent", "peft")  # only the packages asked for are checked
     with pytest.raises(ValueError, match="Unknown extra"):
         require("plots")
 
@@ -63,12 +63,10 @@ def test_require_names_the_missing_package_and_the_pip_line(monkeypatch):
     ("argv", "missing", "extra"),
     [
         (["eval", "--data", "DATA"], "ranx", "eval"),
-        (["eval", "--data", "DATA", "--systems", "bm25-question"], "bm25s", "eval"),
         (["eval", "--data", "DATA", "--systems", "latent", "--latent-adapter", "ADAPTER"], "peft", "latent"),
         (["compare", "a.trec", "b.trec", "--data", "DATA"], "ranx", "eval"),
         (["train-head", "--train", "DATA", "--dev", "DATA", "-o", "OUT"], "ranx", "train"),
         (["train-latent", "--train", "DATA", "-o", "OUT"], "peft", "latent"),
-        (["train-latent", "--train", "DATA", "-o", "OUT"], "bm25s", "latent"),
     ],
 )
 def test_a_command_without_its_extra_exits_2_with_the_pip_line_before_anything_loads(
@@ -97,7 +95,7 @@ def test_every_extra_is_in_dev_and_pyproject():
 
 
 def test_the_package_and_its_commands_import_without_the_extras(tiny_data_folder):
-    """A fresh interpreter in which ranx, bm25s, peft and matplotlib cannot be imported."""
+    """A fresh interpreter in which ranx, peft and matplotlib cannot be imported."""
     script = (
         "import sys\n"
         f"for name in {EXTRA_PACKAGES!r}:\n"
@@ -111,7 +109,7 @@ def test_the_package_and_its_commands_import_without_the_extras(tiny_data_folder
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert 'needs ranx, bm25s, which are not installed: pip install "native-retriever[eval]"' in result.stderr
+    assert 'needs ranx, which is not installed: pip install "native-retriever[eval]"' in result.stderr
 
 
 def test_ranx_numba_warning_is_not_shown(monkeypatch, tmp_path):

@@ -31,10 +31,11 @@ CORE = {
     "documents",
     "protocols",
     "extras",
+    "bm25",
 }
 # What the core may never import: the package's upper layers and the optional frameworks and tools.
 UPPER = ("training", "evaluation", "cli", "bench_latency", "benchmarks", "integrations", "latent", "agent", "data")
-THIRD_PARTY = ("langchain", "langchain_core", "langgraph", "llama_index", "ranx", "bm25s", "peft", "matplotlib")
+THIRD_PARTY = ("langchain", "langchain_core", "langgraph", "llama_index", "ranx", "peft", "matplotlib")
 
 
 def module_name(path: Path) -> str:

@@ -142,7 +142,6 @@ def build_examples(
     Queries whose judged passages are all missing from the corpus are skipped (with a warning); ``rationales``
     (query id -> text, e.g. from ``native-retriever latent-rationales``) replaces the data's own fields.
     """
-    require("latent", "bm25s", what="Latent training's hard negatives")
     queries = list(data.queries)
     if max_queries is not None and max_queries < len(queries):
         queries = random.Random(seed).sample(queries, max_queries)
