@@ -24,6 +24,8 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests, Retrie
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from native_retriever import VectorIndex
+from native_retriever.bm25 import DEFAULT_HYBRID
+from native_retriever.conversation import lexical_queries
 from native_retriever.errors import ConversationError, DimensionMismatchError
 from native_retriever.integrations.langchain import (
     NativeEmbeddings,
@@ -136,8 +138,10 @@ class TestNativeRetrieverOverInMemoryVectorStore(NativeRetrieverSuite):
 
 
 # -- same results as the core API --------------------------------------------------------------------------------
-def direct(embedder, index, messages, k=5):
-    return index.search(embedder.embed_conversation(messages), k=k)[0]
+def direct(embedder, index, messages, k=5, hybrid=DEFAULT_HYBRID):
+    """The core API's hits for the conversation: the head's vector fused with BM25 on its last user messages."""
+    texts = [lexical_queries(messages)] if hybrid else None
+    return index.search(embedder.embed_conversation(messages), k=k, texts=texts, hybrid=hybrid)[0]
 
 
 @pytest.mark.parametrize("qid,messages", MULTI_TURN)
@@ -148,14 +152,18 @@ def test_same_ids_and_order_as_the_core_api(embedder, embeddings, index, memory_
     docs = retriever.invoke(question, chat_history=history)
     assert [d.id for d in docs] == [h.id for h in expected]
     np.testing.assert_allclose([d.metadata["score"] for d in docs], [h.score for h in expected], atol=1e-5)
+    dense = NativeRetriever(embeddings=embeddings, store=index, k=5, hybrid=None).invoke(question, chat_history=history)
+    dense_ids = [h.id for h in direct(embedder, index, messages, hybrid=None)]
+    assert [d.id for d in dense] == dense_ids
     assert docs[0].page_content == expected[0].text and docs[0].metadata["title"] == expected[0].metadata["title"]
-    # the runnable for create_retrieval_chain, the bound conversation and a LangChain VectorStore agree
+    # the runnable for create_retrieval_chain, the bound conversation and a LangChain VectorStore (searched by the
+    # vector alone) agree
     runnable = retriever.with_history()
     assert [d.id for d in runnable.invoke({"input": question, "chat_history": history})] == [h.id for h in expected]
     over_store = NativeRetriever(embeddings=embeddings, store=memory_store, k=5).invoke(question, chat_history=history)
-    assert [d.id for d in over_store] == [h.id for h in expected]
+    assert [d.id for d in over_store] == dense_ids
     with embeddings.conversation(history):
-        assert [d.id for d in memory_store.similarity_search(question, k=5)] == [h.id for h in expected]
+        assert [d.id for d in memory_store.similarity_search(question, k=5)] == dense_ids
         assert [d.id for d in retriever.invoke(question)] == [h.id for h in expected]
 
 
@@ -223,10 +231,11 @@ def test_a_latent_embedder_works_unchanged(make_tiny_llm, tiny_tokenizer, corpus
     texts = [d.page_content for d in corpus]
     index.add([d.id for d in corpus], latent.embed_documents(texts), texts)
     _, messages = MULTI_TURN[1]
-    expected = [h.id for h in direct(latent, index, messages)]
+    expected = [h.id for h in direct(latent, index, messages, hybrid=None)]
     history, question = as_langchain(messages[:-1]), messages[-1]["content"]
-    for source in (index, store):
-        docs = NativeRetriever(embeddings=embeddings, store=source, k=5).invoke(question, chat_history=history)
+    for source in (index, store):  # by the vector alone, as the store searches
+        retriever = NativeRetriever(embeddings=embeddings, store=source, k=5, hybrid=None)
+        docs = retriever.invoke(question, chat_history=history)
         assert [d.id for d in docs] == expected
 
 
@@ -312,7 +321,9 @@ def test_threads_and_tasks_give_the_serial_results(embeddings, index, memory_sto
         return [[d.id for d in docs] for docs in await invoked], await asyncio.gather(*(bound(h, q) for h, q in jobs))
 
     from_tasks, from_bound_tasks = asyncio.run(run_all())
-    assert from_tasks == serial and from_bound_tasks == serial
+    dense = NativeRetriever(embeddings=embeddings, store=index, k=5, hybrid=None)  # as the store searches
+    assert from_tasks == serial
+    assert from_bound_tasks == [[d.id for d in dense.invoke(q, chat_history=h)] for h, q in jobs]
 
 
 def test_async_embedding_does_not_block_the_event_loop(embedder):

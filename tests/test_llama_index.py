@@ -29,6 +29,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.core.storage.kvstore import SimpleKVStore
 
 from native_retriever import NativeEmbedder, VectorIndex
+from native_retriever.conversation import lexical_queries
 from native_retriever.errors import ConversationError, DimensionMismatchError
 from native_retriever.integrations.llama_index import (
     NativeEmbedding,
@@ -71,8 +72,14 @@ def store_index(embedding, texts) -> VectorStoreIndex:
     return VectorStoreIndex(nodes, embed_model=embedding)
 
 
-def direct(embedder: NativeEmbedder, index: VectorIndex, messages: list[dict], k: int = K) -> list[tuple[str, float]]:
-    return [(hit.id, hit.score) for hit in index.search(embedder.embed_conversation(messages), k=k)[0]]
+def direct(
+    embedder: NativeEmbedder, index: VectorIndex, messages: list[dict], k: int = K, hybrid: bool = True
+) -> list[tuple[str, float]]:
+    """The core API's hits for the conversation: the head's vector fused with BM25 on its last user messages
+    (``hybrid``), or the vector alone (as a LlamaIndex vector store searches)."""
+    texts = [lexical_queries(messages)] if hybrid else None
+    hits = index.search(embedder.embed_conversation(messages), k=k, texts=texts)[0]
+    return [(hit.id, hit.score) for hit in hits]
 
 
 def ids_scores(nodes: list[NodeWithScore]) -> list[tuple[str, float]]:
@@ -235,13 +242,16 @@ def test_same_results_as_native_embedder_and_vector_index(embedder, embedding, v
     assert on_store.embed_model is embedding
     for messages in CONVERSATIONS:
         expected = direct(embedder, vector_index, messages)
+        dense = direct(embedder, vector_index, messages, hybrid=False)
         assert_same_hits(ids_scores(on_ours.retrieve_conversation(chat_messages(messages))), expected)
         assert_same_hits(ids_scores(asyncio.run(on_ours.aretrieve_conversation(messages))), expected)
-        assert_same_hits(ids_scores(on_store.retrieve_conversation(messages)), expected)
+        assert_same_hits(ids_scores(on_store.retrieve_conversation(messages)), dense)  # the store: the vector alone
         with bind_conversation(chat_messages(messages[:-1])):  # LlamaIndex's own retriever, conversation bound
             assert_same_hits(
-                ids_scores(store_index.as_retriever(similarity_top_k=K).retrieve(messages[-1]["content"])), expected
+                ids_scores(store_index.as_retriever(similarity_top_k=K).retrieve(messages[-1]["content"])), dense
             )
+        plain = NativeRetriever(vector_index, embedding, similarity_top_k=K, hybrid=None)
+        assert_same_hits(ids_scores(plain.retrieve_conversation(messages)), dense)
         memory = ChatMemoryBuffer.from_defaults(chat_history=chat_messages(messages[:-1]))
         from_memory = NativeRetriever(vector_index, embedder, similarity_top_k=K, memory=memory)
         assert_same_hits(ids_scores(from_memory.retrieve(messages[-1]["content"])), expected)
@@ -261,7 +271,7 @@ def test_vector_store_index_round_trip(embedder, embedding, vector_index, texts,
     loaded = load_index_from_storage(StorageContext.from_defaults(persist_dir=tmp_path), embed_model=embedding)
     retriever = NativeRetriever(loaded, similarity_top_k=3)
     hits = retriever.retrieve_conversation(MULTI_TURN)
-    assert_same_hits(ids_scores(hits), direct(embedder, vector_index, MULTI_TURN, k=3))
+    assert_same_hits(ids_scores(hits), direct(embedder, vector_index, MULTI_TURN, k=3, hybrid=False))
     assert all(hit.node.text == texts[int(hit.node.node_id[1:])] for hit in hits)
     with pytest.raises(ValueError, match="does not keep the node texts; pass the VectorStoreIndex"):
         NativeRetriever(loaded.vector_store, embedding)  # SimpleVectorStore keeps vectors only
@@ -358,8 +368,8 @@ def test_a_latent_embedder_works_unchanged(make_tiny_llm, tiny_tokenizer, texts)
     store_index = VectorStoreIndex(nodes, embed_model=embedding)  # documents through the latent encoder
     ours = VectorIndex(latent.dimension)
     ours.add([n.node_id for n in nodes], latent.embed_documents(texts[:12]), texts[:12])
-    for index in (store_index, ours):
-        retriever = NativeRetriever(index, embedding, similarity_top_k=4)
+    for index in (store_index, ours):  # by the vector alone, as the store searches
+        retriever = NativeRetriever(index, embedding, similarity_top_k=4, hybrid=None)
         for messages in (MULTI_TURN, CONVERSATIONS[0]):
             expected = [(h.id, h.score) for h in ours.search(latent.embed_conversation(messages), k=4)[0]]
             assert_same_hits(ids_scores(retriever.retrieve_conversation(messages)), expected)

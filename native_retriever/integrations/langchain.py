@@ -34,6 +34,8 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import ConfigDict, field_validator
 
+from ..bm25 import DEFAULT_HYBRID, Hybrid
+from ..conversation import lexical_queries
 from ..embedder import NativeEmbedder
 from ..errors import ConversationError, DimensionMismatchError
 from ..index import VectorIndex
@@ -224,14 +226,18 @@ class NativeRetriever(BaseRetriever):
     """Retrieves with the agent's own hidden states from a ``VectorIndex`` or any LangChain ``VectorStore``.
 
     ``invoke(question, chat_history=[...], k=...)``; without ``chat_history`` the conversation bound with
-    :func:`bind_conversation` is used, if any. Documents carry the record id, its metadata and ``metadata["score"]``
-    (inner product for a ``VectorIndex``, the store's own score otherwise; absent when the store gives none).
+    :func:`bind_conversation` is used, if any. On a ``VectorIndex`` the head's ranking is fused with BM25 on the
+    question and the user message before it (``hybrid``, :class:`~native_retriever.bm25.Hybrid`; None: the vector
+    alone); another ``VectorStore`` is searched by the vector alone. Documents carry the record id, its metadata and
+    ``metadata["score"]`` (the fused score for a ``VectorIndex``, the store's own score otherwise; absent when the
+    store gives none).
     """
 
     embeddings: NativeEmbeddings
     store: Any
     k: int = 4
     score_key: str = "score"
+    hybrid: Hybrid | None = DEFAULT_HYBRID
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -302,7 +308,9 @@ class NativeRetriever(BaseRetriever):
         self._check_dimension()
         key = self.score_key
         if isinstance(self.store, VectorIndex):
-            hits = self.store.search(vector, k=k)[0]
+            hybrid = self.hybrid
+            texts = [lexical_queries(with_question(history, query), hybrid.texts)] if hybrid else None
+            hits = self.store.search(vector, k=k, texts=texts, hybrid=hybrid)[0]
             return [Document(id=h.id, page_content=h.text, metadata={**h.metadata, key: h.score}) for h in hits]
         if callable(getattr(self.store, "similarity_search_with_score_by_vector", None)):
             pairs = self.store.similarity_search_with_score_by_vector(vector, k=k)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..bm25 import DEFAULT_HYBRID, Hybrid
+from ..conversation import lexical_queries
 from ..errors import ConversationError, DimensionMismatchError
 from ..protocols import Embedder, missing_members
 from . import ConversationBinding, append_question, chat_turn, require, store_dimension
@@ -271,7 +273,9 @@ class NativeRetriever(BaseRetriever):
     ``VectorStoreIndex``'s own ``NativeEmbedding``). The conversation is, in this order: the one bound with
     :func:`bind_conversation`, ``memory`` (read at each retrieval), ``chat_history``; the query string is appended as
     the current question. Give the chat engine the same memory (:meth:`as_chat_engine` does). A precomputed
-    ``QueryBundle.embedding`` is ignored: the vector always comes from the conversation.
+    ``QueryBundle.embedding`` is ignored: the vector always comes from the conversation. On a ``VectorIndex`` the
+    head's ranking is fused with BM25 on the question and the user message before it (``hybrid``,
+    :class:`~native_retriever.bm25.Hybrid`; None: the vector alone); other indexes are searched by the vector alone.
     """
 
     def __init__(
@@ -284,7 +288,11 @@ class NativeRetriever(BaseRetriever):
         chat_history: Sequence[ChatMessage | dict] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        hybrid: Hybrid | None = DEFAULT_HYBRID,
     ) -> None:
+        if hybrid is not None and not isinstance(hybrid, Hybrid):
+            raise TypeError(f"hybrid must be a native_retriever.bm25.Hybrid or None, got {type(hybrid).__name__}")
+        self.hybrid = hybrid
         if embed_model is None and isinstance(getattr(index, "_embed_model", None), NativeEmbedding):
             embed_model = index._embed_model
         if embed_model is None:
@@ -383,8 +391,11 @@ class NativeRetriever(BaseRetriever):
         return converted[:-1], last.get("content", "")
 
     # retrieval
-    def _nodes(self, vector: Embedding) -> list[NodeWithScore]:
-        hits = self._vector_index.search(np.asarray(vector, dtype=np.float32), k=self._similarity_top_k)[0]
+    def _nodes(self, vector: Embedding, history: list[dict], query: str) -> list[NodeWithScore]:
+        hybrid = self.hybrid
+        texts = [lexical_queries(_with_question(history, query), hybrid.texts)] if hybrid else None
+        query_vector = np.asarray(vector, dtype=np.float32)
+        hits = self._vector_index.search(query_vector, k=self._similarity_top_k, texts=texts, hybrid=hybrid)[0]
         return [
             NodeWithScore(node=TextNode(id_=hit.id, text=hit.text, metadata=hit.metadata), score=hit.score)
             for hit in hits
@@ -397,7 +408,7 @@ class NativeRetriever(BaseRetriever):
         with bind_conversation(history):
             vector = self._embed_model.get_query_embedding(query)
         if self._vector_index is not None:
-            return self._nodes(vector)
+            return self._nodes(vector, history, query)
         return self._store_retriever.retrieve(QueryBundle(query_str=query, embedding=vector))
 
     async def _asearch(self, history: list[dict], query: str) -> list[NodeWithScore]:
@@ -407,7 +418,7 @@ class NativeRetriever(BaseRetriever):
         with bind_conversation(history):
             vector = await self._embed_model.aget_query_embedding(query)
         if self._vector_index is not None:
-            return self._nodes(vector)
+            return self._nodes(vector, history, query)
         return await self._store_retriever.aretrieve(QueryBundle(query_str=query, embedding=vector))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
