@@ -534,7 +534,10 @@ def evaluate(
         model = load_llm(llm, device=device)
         if None in heads.values():
             info = llm_info(model[0])
-            heads = {mode: given or _head(shipped_head_for(info, mode)) for mode, given in heads.items()}
+            heads = {
+                mode: given if given is not None else _head(shipped_head_for(info, mode))
+                for mode, given in heads.items()
+            }
     # BM25 and the latent systems index the corpus themselves: the teacher loads only for the others
     loaded_teacher = Teacher.from_pretrained(teacher, device=device) if "teacher" in needs else None
     if model is not None:

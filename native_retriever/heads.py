@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import HeadConfigError, HeadFileError, IncompatibleHeadError, NoShippedHeadError
 from .files import atomic_folder, check_identity, fingerprints_match, read_config, reading, verify_folder
+from .models import BUILTIN_NAMES
 
 HEAD_FORMAT = "native-retriever-head"
 HEAD_VERSION = 2  #: the config.json version this package writes
@@ -464,8 +465,6 @@ def shipped_head_for(llm: dict, input_mode: str = "context", root: str | os.Path
     for folder, config in heads:
         if config.input_mode == input_mode and same_llm(config.llm, llm):
             return folder
-    from .models import BUILTIN_NAMES  # here: models is the heavier module, and heads must not need it to load
-
     name = llm.get("name") or "unknown"
     argument = BUILTIN_NAMES.get(name, name if "/" not in name or Path(name).exists() else "FOLDER")
     made_for = sorted({f"{c.llm.get('name')} ({f.name})" for f, c in heads if c.input_mode == input_mode})
