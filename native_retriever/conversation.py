@@ -109,6 +109,34 @@ def kept_messages(messages: Sequence, fmt: PromptFormat, dropped_messages: int) 
     return kept[:first] + kept[first + dropped_messages :]
 
 
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], **options) -> str:
+    """``messages`` rendered as text by the tokenizer's chat template, with the generation prompt (``options`` go to
+    ``apply_chat_template``: ``tools=[...]``, ``add_generation_prompt=False``).
+
+    A tokenizer without a chat template, or a template that refuses the conversation (its ``raise_exception``, a
+    Jinja error), raises ConversationError naming the problem and the fix.
+    """
+    from jinja2 import TemplateError
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConversationError(
+            f"The tokenizer of {getattr(tokenizer, 'name_or_path', '') or 'this LLM'!r} has no chat template, so "
+            "the conversation cannot be rendered as the LLM expects it; use the LLM's instruct (chat) version, "
+            "whose tokenizer ships one, or set tokenizer.chat_template to a Jinja chat template."
+        )
+    options.setdefault("add_generation_prompt", True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **options)
+    except TemplateError as exc:
+        roles = ", ".join(str(m.get("role")) for m in messages)
+        raise ConversationError(
+            f"The chat template of {getattr(tokenizer, 'name_or_path', '') or 'this LLM'!r} cannot render this "
+            f"conversation (roles: {roles}): {type(exc).__name__}: {exc}. Pass a conversation it accepts (many "
+            "templates need user and assistant turns to alternate, after at most one system message), or set "
+            "tokenizer.chat_template to a template that renders it."
+        ) from exc
+
+
 # Private-use characters (no whitespace: a template's trim leaves them alone) mark where each content goes.
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
 
@@ -121,12 +149,12 @@ def _content_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> 
     exactly (verbatim or with surrounding whitespace trimmed, as Llama-3's template does), even when it repeats text
     that the template or another message also contains.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = render_chat(tokenizer, messages)
     opener = _MARK_OPEN
     while any(opener in message["content"] for message in messages):
         opener += _MARK_OPEN
     marked = [{**message, "content": f"{opener}{i}{_MARK_CLOSE}"} for i, message in enumerate(messages)]
-    skeleton = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+    skeleton = render_chat(tokenizer, marked)
     parts = re.split(f"{re.escape(opener)}([0-9]+){_MARK_CLOSE}", skeleton)
     pieces, order = parts[0::2], [int(i) for i in parts[1::2]]  # template text around contents, which content
     question = len(messages) - 1
@@ -342,7 +370,7 @@ def reply_closing_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """
     marker = "\x00"
     chat = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
-    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    text = render_chat(tokenizer, chat)
     return list(tokenizer(text.split(marker)[-1], add_special_tokens=False)["input_ids"])
 
 

@@ -21,7 +21,7 @@ from .conversation import (
 )
 from .errors import DimensionMismatchError, IncompatibleHeadError
 from .generation import generate_query
-from .heads import ProjectionHead
+from .heads import ProjectionHead, shipped_head_for
 from .models import llm_info, load_llm
 from .states import pad_states, select_tokens, token_states
 from .teacher import Teacher
@@ -29,14 +29,16 @@ from .teacher import Teacher
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-DEFAULT_HEAD = Path(__file__).parent / "heads" / "smollm2-minilm"
+DEFAULT_HEAD = Path(__file__).parent / "heads" / "smollm2-minilm"  #: SmolLM2's shipped context head
 
 
 class NativeEmbedder:
     """Embeds conversations with the agent's own LLM and a projection head; documents with the teacher.
 
     ``model`` and ``tokenizer`` are the agent's own objects: the embedder holds references, never a copy, and runs
-    on the model's device. The teacher loads lazily, only when documents are embedded.
+    on the model's device. The teacher loads lazily, only when documents are embedded. Without ``head``, the
+    shipped context head made for ``model`` (matched by its weight fingerprint, ``heads.shipped_head_for``) is
+    used; an LLM with none raises NoShippedHeadError saying how to train one.
     """
 
     def __init__(
@@ -50,9 +52,12 @@ class NativeEmbedder:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.head = head if isinstance(head, ProjectionHead) else ProjectionHead.from_pretrained(head or DEFAULT_HEAD)
+        info = llm_info(model) if check_compatible or head is None else {}
+        if not isinstance(head, ProjectionHead):
+            head = ProjectionHead.from_pretrained(head or shipped_head_for(info, "context"))
+        self.head = head
         if check_compatible:
-            self.head.check_compatible(llm=llm_info(model))  # identity, sizes, then the head's layers
+            self.head.check_compatible(llm=info)  # identity, sizes, then the head's layers
             if isinstance(teacher, Teacher):  # a teacher loaded by name is checked when it loads
                 self.head.check_compatible(teacher=teacher.info)
         else:  # unchecked, but a layer the LLM does not have would fail at the first embed
@@ -73,7 +78,8 @@ class NativeEmbedder:
         teacher: Teacher | str | None = None,
         device: str | None = None,
     ) -> NativeEmbedder:
-        """Load the LLM (default: SmolLM2-135M-Instruct) and wrap it; mostly for scripts and the CLI."""
+        """Load the LLM (default: SmolLM2-135M-Instruct) and wrap it with ``head`` (default: the shipped head made
+        for that LLM); mostly for scripts and the CLI."""
         model, tokenizer = load_llm(llm, device=device)
         return cls(model, tokenizer, head=head, teacher=teacher)
 

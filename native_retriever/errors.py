@@ -19,6 +19,10 @@ class FolderFileError(NativeRetrieverError, OSError):
     """A folder the package saves or loads is missing, altered, or not one it wrote (so a save refuses it)."""
 
 
+class NoShippedHeadError(IncompatibleHeadError):
+    """No head shipped with the package was made for the loaded LLM (in the input mode asked for): train one."""
+
+
 class HeadFileError(FolderFileError):
     """A head folder is missing, its files are unreadable, or its config is invalid (naming the file and field)."""
 

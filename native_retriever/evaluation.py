@@ -599,7 +599,7 @@ def evaluate_systems(
 
 
 # -- `native-retriever eval` as one call ----------------------------------------------------------------------------
-DEFAULT_QUERY_HEAD = Path(__file__).parent / "heads" / "smollm2-minilm-query"
+DEFAULT_QUERY_HEAD = Path(__file__).parent / "heads" / "smollm2-minilm-query"  #: SmolLM2's shipped query head
 
 
 def read_generated_queries(path: str | os.PathLike) -> dict[str, str]:
@@ -644,7 +644,8 @@ def evaluate(
     Every argument, output path and data file is checked before any model loads; then the latent adapters (each on
     its own copy of the LLM), the heads, the teacher and the LLM load, only those the systems need.
     ``data``: a data folder (docs/data-format.md; its first ``max_queries`` judged queries) or a RetrievalData.
-    ``head`` / ``query_head``: heads of ``native-context`` / ``native-query`` (default: the shipped ones).
+    ``head`` / ``query_head``: heads of ``native-context`` / ``native-query`` (default: the shipped ones made for
+    the LLM, matched by its weight fingerprint; NoShippedHeadError, saying how to train one, where there is none).
     ``latent_adapters``: system name -> adapter folder (from ``train-latent``) of each latent system asked for;
     ``latent_k`` overrides their latent steps. ``generated_queries``: a JSON file of generated search queries, read
     and extended, so each query is generated once. ``save_runs``: a folder for each system's ``<system>.trec`` run.
@@ -652,8 +653,9 @@ def evaluate(
     The report: ``data``, ``queries``, ``passages``, ``systems`` (name -> metrics, as ``evaluate_systems``),
     ``heads`` (each native system's head config and dev metrics) and ``latent`` (each adapter's config and K).
     """
-    from .embedder import DEFAULT_HEAD, NativeEmbedder
-    from .models import load_llm
+    from .embedder import NativeEmbedder
+    from .heads import shipped_head_for
+    from .models import llm_info, load_llm
     from .teacher import Teacher
 
     chosen = resolve_systems(systems)
@@ -675,16 +677,25 @@ def evaluate(
         for s in chosen
         if "latent_embedder" in s.needs
     }
-    # Heads load before the LLM, so a wrong path fails at once.
-    context_head = _head(head or DEFAULT_HEAD) if "context_embedder" in needs else None
-    query_head = _head(query_head or DEFAULT_QUERY_HEAD) if "query_embedder" in needs else None
-    # BM25 and the latent systems index the corpus themselves: the teacher loads only for the others
-    loaded_teacher = Teacher.from_pretrained(teacher, device=device) if "teacher" in needs else None
+    # Given heads load before the LLM, so a wrong path fails at once; a missing one is the shipped head made for
+    # the LLM (matched by its fingerprint), picked as soon as the LLM has loaded.
+    wanted = {mode: f"{mode}_embedder" in needs for mode in ("context", "query")}
+    heads = {"context": head, "query": query_head}
+    heads = {mode: _head(given) if given is not None else None for mode, given in heads.items() if wanted[mode]}
     model = context = query = None
     if needs & {"llm", "context_embedder", "query_embedder"}:
         model = load_llm(llm, device=device)
-        context = NativeEmbedder(*model, head=context_head, teacher=loaded_teacher) if context_head else None
-        query = NativeEmbedder(*model, head=query_head, teacher=loaded_teacher) if query_head else None
+        if None in heads.values():
+            info = llm_info(model[0])
+            heads = {
+                mode: given if given is not None else _head(shipped_head_for(info, mode))
+                for mode, given in heads.items()
+            }
+    # BM25 and the latent systems index the corpus themselves: the teacher loads only for the others
+    loaded_teacher = Teacher.from_pretrained(teacher, device=device) if "teacher" in needs else None
+    if model is not None:
+        context = NativeEmbedder(*model, head=heads["context"], teacher=loaded_teacher) if "context" in heads else None
+        query = NativeEmbedder(*model, head=heads["query"], teacher=loaded_teacher) if "query" in heads else None
     report = evaluate_systems(
         data,
         chosen,

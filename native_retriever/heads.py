@@ -3,6 +3,10 @@
 A head lives in a folder: ``head.safetensors`` (weights) and ``config.json`` (what it was trained for: LLM and
 teacher identity, layers, token selection, prompt format, training data and metrics). Loading a head onto another
 LLM or teacher is refused with a message naming the field that differs.
+
+The heads shipped in ``native_retriever/heads/`` form a registry (:func:`shipped_heads`, found by scanning their
+configs): when no head is given, :func:`shipped_head_for` picks the one whose config records the loaded LLM's weight
+fingerprint, so a head folder added there is picked up by just being there.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import HeadConfigError, HeadFileError, IncompatibleHeadError
-from .files import atomic_folder, check_identity, read_config, reading, verify_folder
+from .errors import HeadConfigError, HeadFileError, IncompatibleHeadError, NoShippedHeadError
+from .files import atomic_folder, check_identity, fingerprints_match, read_config, reading, verify_folder
+from .models import BUILTIN_NAMES
 
 HEAD_FORMAT = "native-retriever-head"
 HEAD_VERSION = 2  #: the config.json version this package writes
@@ -33,6 +38,7 @@ LLM_KEYS: dict[str, type] = {"name": str, "hidden_size": int, "num_layers": int,
 TEACHER_KEYS: dict[str, type] = {"name": str, "dim": int, "fingerprint": list}
 PROMPT_FORMAT_KEYS = ("system_prompt", "max_tokens")
 _TRAIN_FIX = "retrain the head (`native-retriever train-head`)"
+SHIPPED_HEADS = Path(__file__).parent / "heads"  #: the shipped heads' folder, one sub-folder per head
 
 
 def is_int(value: object) -> bool:
@@ -428,3 +434,45 @@ class ProjectionHead(nn.Module):
                 )
         if llm and is_int(llm.get("num_layers")):
             config.check_layers(llm["num_layers"], IncompatibleHeadError)
+
+
+def shipped_heads(root: str | os.PathLike | None = None) -> list[tuple[Path, HeadConfig]]:
+    """(folder, config) of every head shipped in ``root`` (default :data:`SHIPPED_HEADS`), sorted by folder name.
+
+    Every sub-folder with a ``config.json`` is one; nothing is hard-coded, so a head folder added there is found.
+    """
+    root = Path(root or SHIPPED_HEADS)
+    folders = sorted(p.parent for p in root.glob("*/config.json")) if root.is_dir() else []
+    return [(folder, HeadConfig.load(folder / "config.json")) for folder in folders]
+
+
+def same_llm(recorded: dict, llm: dict) -> bool:
+    """True when ``llm`` (``models.llm_info``) is the LLM a head config's ``llm`` section records: same sizes and
+    weight fingerprint (tolerant of dtype rounding), whatever its name."""
+    sizes = ("hidden_size", "num_layers", "vocab_size")
+    return all(recorded.get(key) == llm.get(key) for key in sizes) and fingerprints_match(
+        list(llm.get("fingerprint") or []), list(recorded.get("fingerprint") or [])
+    )
+
+
+def shipped_head_for(llm: dict, input_mode: str = "context", root: str | os.PathLike | None = None) -> Path:
+    """The folder of the shipped head made for ``llm`` (``models.llm_info`` of the loaded model) in ``input_mode``.
+
+    Matched by the weight fingerprint its config records, not by name; the first by folder name wins when several
+    match. None made for it raises NoShippedHeadError saying how to train one.
+    """
+    heads = shipped_heads(root)
+    for folder, config in heads:
+        if config.input_mode == input_mode and same_llm(config.llm, llm):
+            return folder
+    name = llm.get("name") or "unknown"
+    argument = BUILTIN_NAMES.get(name, name if "/" not in name or Path(name).exists() else "FOLDER")
+    made_for = sorted({f"{c.llm.get('name')} ({f.name})" for f, c in heads if c.input_mode == input_mode})
+    raise NoShippedHeadError(
+        f"No shipped head was made for the LLM {name!r} (hidden_size {llm.get('hidden_size')}, "
+        f"{llm.get('num_layers')} layers; matched by its weight fingerprint) in input mode {input_mode!r}; the "
+        f"shipped {input_mode} heads are for {', '.join(made_for) or 'no LLM'}. Train one with `native-retriever "
+        f"train-head --llm {argument} --train DATA... --dev DATA -o my-head"
+        f"{' --input-mode query --tokens query' if input_mode == 'query' else ''}` (docs/training.md) and pass it "
+        "as the head (--head my-head, or head='my-head')."
+    )

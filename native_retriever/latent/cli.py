@@ -89,13 +89,13 @@ LATENT_TRAIN_HELP = {
 
 def add_commands(sub) -> None:
     """Register ``train-latent`` and ``latent-rationales`` on the main parser's subparsers."""
-    from ..arguments import add_device, positive_int
+    from ..arguments import LLM_HELP, add_device, positive_int
     from .training import LatentTrainConfig
 
     train = sub.add_parser("train-latent", help="train a latent-view (LaSER) LoRA adapter on a data folder")
     train.add_argument("--train", required=True, help="training data folder, docs/data-format.md (required)")
     train.add_argument("--output", "-o", required=True, help="adapter folder to write (required)")
-    train.add_argument("--llm", help="LLM name or local folder (default: SmolLM2-135M-Instruct)")
+    train.add_argument("--llm", help=LLM_HELP)
     train.add_argument(
         "--max-train-queries", type=positive_int, help="a random sample of N judged queries, seeded (default: all)"
     )
@@ -113,7 +113,7 @@ def add_commands(sub) -> None:
     rationales.add_argument(
         "--output", "-o", required=True, help="JSONL file to write or extend; queries it holds are skipped (required)"
     )
-    rationales.add_argument("--llm", help="instruct LLM (default: SmolLM2-135M-Instruct)")
+    rationales.add_argument("--llm", help=f"instruct {LLM_HELP}")
     rationales.add_argument(
         "--max-queries", type=positive_int, help="the first N judged queries in file order (default: all)"
     )
