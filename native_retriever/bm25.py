@@ -8,15 +8,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: bm25s's English stop-word lists: ``en`` (33 words, Lucene's) and ``en_plus`` (179, NLTK's: question words and
+#: pronouns too).
+STOPWORDS = ("en", "en_plus")
+
 
 class BM25Index:
-    """A BM25 index (bm25s, English stop words) over a fixed list of texts; ``stem``: Snowball English stemming
-    (PyStemmer) of the texts and the queries alike."""
+    """A BM25 index (bm25s) over a fixed list of texts; ``stem``: Snowball English stemming (PyStemmer) and
+    ``stopwords`` (one of ``STOPWORDS``) apply to the texts and the queries alike."""
 
-    def __init__(self, documents: Sequence[str], *, stem: bool = True) -> None:
+    def __init__(self, documents: Sequence[str], *, stem: bool = True, stopwords: str = "en_plus") -> None:
         import bm25s
 
+        if stopwords not in STOPWORDS:
+            raise ValueError(f"stopwords must be one of {STOPWORDS}, got {stopwords!r}")
         self._bm25s = bm25s
+        self._stopwords = stopwords
         self._stemmer = _english_stemmer() if stem else None
         self.size = len(documents)
         self._retriever = bm25s.BM25()
@@ -24,7 +31,7 @@ class BM25Index:
             self._retriever.index(self._tokens(documents), show_progress=False)
 
     def _tokens(self, texts: Sequence[str]):
-        return self._bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False)
+        return self._bm25s.tokenize(list(texts), stopwords=self._stopwords, stemmer=self._stemmer, show_progress=False)
 
     def top(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best documents of each query: (indices, scores), each (len(queries), min(k, size)), best first.
@@ -36,10 +43,13 @@ class BM25Index:
             return np.zeros((len(queries), k), dtype=np.int64), np.zeros((len(queries), k), dtype=np.float32)
         return self._retriever.retrieve(self._tokens(queries), k=k, show_progress=False)
 
-    def ranked(self, queries: Sequence[str], k: int) -> list[list[int]]:
-        """The indices of each query's ``k`` best documents that share a word with it, best first."""
+    def ranked(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+        """Each query's ``k`` best documents that share a word with it, as (index, score), best first."""
         rows, scores = self.top(queries, k)
-        return [[r for r, s in zip(row, score, strict=True) if s > 0] for row, score in zip(rows.tolist(), scores)]
+        return [
+            [(r, s) for r, s in zip(row, score, strict=True) if s > 0]
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
 
 
 def _english_stemmer():
@@ -49,9 +59,9 @@ def _english_stemmer():
 
 
 def bm25_top(documents: Sequence[str], queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best ``documents`` of each query by unstemmed BM25 (the evaluation's ``bm25-question`` baseline
-    and latent training's hard negatives): (indices, scores), each (len(queries), min(k, documents))."""
-    return BM25Index(documents, stem=False).top(queries, k)
+    """The ``k`` best ``documents`` of each query by unstemmed BM25 with Lucene's stop words (latent training's hard
+    negatives, as they were mined): (indices, scores), each (len(queries), min(k, documents))."""
+    return BM25Index(documents, stem=False, stopwords="en").top(queries, k)
 
 
 def reciprocal_rank_fusion(
@@ -69,21 +79,43 @@ def reciprocal_rank_fusion(
     return sorted(scores.items(), key=lambda pair: -pair[1])[:k]
 
 
+def convex_fusion(rankings: Sequence[tuple[Sequence, float, bool]], k: int) -> list[tuple[object, float]]:
+    """Fuse scored lists (``(item, score)`` best first, a weight, whether scores start at 0) by a weighted sum of
+    normalised scores (Bruch et al. 2023): a list's scores are divided by its best one when they start at 0 (BM25),
+    min-max scaled over the list otherwise (inner products); the ``k`` best come back as ``(item, score)``."""
+    scores: dict[object, float] = {}
+    for items, weight, from_zero in rankings:
+        if not items:
+            continue
+        values = [s for _, s in items]
+        low = 0.0 if from_zero else min(values)
+        span = max(values) - low
+        for item, value in items:
+            scores[item] = scores.get(item, 0.0) + weight * ((value - low) / span if span > 0 else 1.0)
+    return sorted(scores.items(), key=lambda pair: -pair[1])[:k]
+
+
+FUSIONS = ("rrf", "convex")
+
+
 @dataclass(frozen=True)
 class Hybrid:
-    """Hybrid search: a vector ranking fused with BM25 rankings of query texts by weighted reciprocal rank.
+    """Hybrid search: a vector ranking fused with BM25 rankings of query texts.
 
     A search gives each query up to ``len(weights)`` texts; for a conversation they are its last user messages,
-    newest first (``conversation.lexical_queries``). A passage scores ``1 / (constant + vector rank)`` plus
-    ``weights[i] / (constant + BM25 rank of text i)`` over the ``depth`` best of each list (a passage missing from a
-    list gets nothing from it; BM25 hits that share no word with the text are not ranked). The defaults (the
-    current question at 0.5, the user message before it at 0.25) were picked on held-out coqa-train conversations
-    with the shipped head (docs/heads.md#hybrid-search).
+    newest first (``conversation.lexical_queries``). Over the ``depth`` best of each list (BM25 hits that share no
+    word with the text are not ranked; a passage missing from a list gets nothing from it), ``fusion`` ``rrf``
+    scores a passage ``1 / (constant + vector rank)`` plus ``weights[i] / (constant + BM25 rank of text i)``;
+    ``convex`` sums the lists' normalised scores (:func:`convex_fusion`), the vector's at weight 1. BM25 stems
+    words and drops ``stopwords`` (``bm25.STOPWORDS``). The defaults were picked on held-out coqa-train
+    conversations with the shipped head (docs/heads.md#hybrid-search).
     """
 
     weights: tuple[float, ...] = (0.5, 0.25)
     constant: int = 20
     depth: int = 100
+    fusion: str = "rrf"
+    stopwords: str = "en_plus"
 
     def __post_init__(self) -> None:
         weights = self.weights
@@ -97,19 +129,28 @@ class Hybrid:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Hybrid {name} must be a positive integer, got {value!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"Hybrid fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.stopwords not in STOPWORDS:
+            raise ValueError(f"Hybrid stopwords must be one of {STOPWORDS}, got {self.stopwords!r}")
 
     @property
     def texts(self) -> int:
         """How many query texts a search uses (the number of weights)."""
         return len(self.weights)
 
-    def fuse(self, vector_ranking: Sequence, text_rankings: Sequence[Sequence], k: int) -> list[tuple[object, float]]:
-        """The ``k`` best items of a vector ranking and one BM25 ranking per query text, as ``(item, score)``."""
-        if len(text_rankings) > len(self.weights):
-            raise ValueError(f"{len(text_rankings)} query texts for {len(self.weights)} Hybrid weights")
-        lists = [(list(vector_ranking)[: self.depth], 1.0)]
-        lists += [(list(r)[: self.depth], w) for r, w in zip(text_rankings, self.weights, strict=False)]
-        return reciprocal_rank_fusion(lists, k, self.constant)
+    def fuse(
+        self, vector_hits: Sequence[tuple], text_hits: Sequence[Sequence[tuple]], k: int
+    ) -> list[tuple[object, float]]:
+        """The ``k`` best items of a vector ranking and one BM25 ranking per query text, each a list of
+        ``(item, score)`` best first, as ``(item, fused score)``."""
+        if len(text_hits) > len(self.weights):
+            raise ValueError(f"{len(text_hits)} query texts for {len(self.weights)} Hybrid weights")
+        lists = [(list(vector_hits)[: self.depth], 1.0, False)]
+        lists += [(list(h)[: self.depth], w, True) for h, w in zip(text_hits, self.weights, strict=False)]
+        if self.fusion == "convex":
+            return convex_fusion(lists, k)
+        return reciprocal_rank_fusion([([i for i, _ in items], w) for items, w, _ in lists], k, self.constant)
 
 
 #: What searches given query texts use unless told otherwise.

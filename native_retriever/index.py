@@ -123,7 +123,7 @@ class VectorIndex:
         self._index = self._new_index(self.nlist)
         self._gpu_index: Any = None
         self._exclude: Any = None
-        self._lexical: tuple[BM25Index, list[str]] | None = None  # BM25 over the live records, built on first use
+        self._lexical: dict[str, tuple[BM25Index, list[str]]] = {}  # stop words -> BM25 over the records, lazily
         self._lock = _ReadWriteLock()  # searches and save's snapshot share it; add, delete and compact own it
         self._cache_lock = threading.Lock()  # the lazily built GPU copy and tombstone selector
 
@@ -323,16 +323,17 @@ class VectorIndex:
     def _hybrid_search(self, q: np.ndarray, k: int, texts: list[list[str]], hybrid: Hybrid) -> list[list[SearchHit]]:
         dense = self._vector_search(q, max(k, hybrid.depth))
         with self._cache_lock:
-            if self._lexical is None:
+            if hybrid.stopwords not in self._lexical:
                 ids = list(self._records)
-                self._lexical = (BM25Index([self._records[i].text for i in ids]), ids)
-            lexical, ids = self._lexical
+                texts_ = [self._records[i].text for i in ids]
+                self._lexical[hybrid.stopwords] = (BM25Index(texts_, stopwords=hybrid.stopwords), ids)
+            lexical, ids = self._lexical[hybrid.stopwords]
         flat = [t for entry in texts for t in entry]
         ranked = iter(lexical.ranked(flat, hybrid.depth))
         results = []
         for hits, entry in zip(dense, texts, strict=True):
-            words = [[ids[r] for r in next(ranked)] for _ in entry]
-            fused = hybrid.fuse([h.id for h in hits], words, k)
+            words = [[(ids[r], s) for r, s in next(ranked)] for _ in entry]
+            fused = hybrid.fuse([(h.id, h.score) for h in hits], words, k)
             by_id = {h.id: h for h in hits}
             results.append([self._hit(id_, score, by_id.get(id_)) for id_, score in fused])
         return results
@@ -520,7 +521,7 @@ class VectorIndex:
     def _changed(self) -> None:
         self._gpu_index = None
         self._exclude = None
-        self._lexical = None
+        self._lexical = {}
 
     def _search_index(self, k: int) -> Any:
         if not self._use_gpu or k > GPU_MAX_K:

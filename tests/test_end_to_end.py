@@ -32,6 +32,22 @@ def test_demo_conversation_retrieves_the_right_passages(embedder):
     assert found >= 3
 
 
+def test_every_demo_turn_retrieves_its_passage_first(embedder):
+    """The demo as it runs: native_turn with the default hybrid search, the LLM's own answers kept in the history."""
+    from native_retriever.agent import native_turn
+
+    index, script = demo_index(embedder)
+    messages: list[dict] = []
+    for turn, expected in zip(script["turns"], script["expected_topic_titles"], strict=True):
+        messages.append({"role": "user", "content": turn})
+        result = native_turn(embedder, index, messages, k=3)
+        assert [h.metadata["title"] for h in result.hits][0] == expected, (
+            turn,
+            [h.metadata["title"] for h in result.hits],
+        )
+        messages.append({"role": "assistant", "content": result.answer})
+
+
 def test_embedders_share_one_copy_of_the_llm(embedder):
     other = NativeEmbedder(embedder.model, embedder.tokenizer, teacher=embedder.teacher)
     assert other.model is embedder.model

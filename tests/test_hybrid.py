@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from native_retriever.bm25 import DEFAULT_HYBRID, BM25Index, Hybrid, reciprocal_rank_fusion
+from native_retriever.bm25 import DEFAULT_HYBRID, BM25Index, Hybrid, convex_fusion, reciprocal_rank_fusion
 from native_retriever.conversation import lexical_queries
 from native_retriever.data import RetrievalData
 from native_retriever.errors import ConversationError
@@ -50,6 +50,8 @@ def test_reciprocal_rank_fusion_adds_weighted_reciprocal_ranks():
         ({"weights": (float("nan"),)}, "numbers >= 0"),
         ({"constant": 0}, "constant must be a positive integer"),
         ({"depth": 2.5}, "depth must be a positive integer"),
+        ({"fusion": "max"}, "fusion must be one of"),
+        ({"stopwords": "none"}, "stopwords must be one of"),
     ],
 )
 def test_a_bad_hybrid_is_refused_with_the_reason(kwargs, message):
@@ -62,11 +64,32 @@ def test_hybrid_weights_are_stored_as_a_tuple_of_floats():
     assert DEFAULT_HYBRID.texts == 2
 
 
+def _rows(ranked: list[list[tuple[int, float]]]) -> list[list[int]]:
+    return [[row for row, _ in hits] for hits in ranked]
+
+
 def test_bm25_stems_words_and_drops_documents_that_share_none():
     stemmed, plain = BM25Index(TEXTS), BM25Index(TEXTS, stem=False)
-    assert stemmed.ranked(["training"], 5) == [[4]]  # "training" and "trained" stem to "train"
-    assert plain.ranked(["training"], 5) == [[]]
-    assert stemmed.ranked(["what did she die of", "zzz"], 5) == [[2], []]
+    assert _rows(stemmed.ranked(["training"], 5)) == [[4]]  # "training" and "trained" stem to "train"
+    assert _rows(plain.ranked(["training"], 5)) == [[]]
+    assert _rows(stemmed.ranked(["what did she die of", "zzz"], 5)) == [[2], []]
+    assert all(score > 0 for _, score in stemmed.ranked(["radium radiation"], 5)[0])
+
+
+def test_the_longer_stop_word_list_drops_question_words_and_pronouns():
+    assert sorted(_rows(BM25Index(TEXTS, stopwords="en").ranked(["who was she"], 5))[0]) == [0, 2]  # not Lucene's
+    assert _rows(BM25Index(TEXTS).ranked(["who was she"], 5)) == [[]]  # NLTK's list, the default
+    with pytest.raises(ValueError, match="stopwords must be one of"):
+        BM25Index(TEXTS, stopwords="klingon")
+
+
+def test_convex_fusion_sums_normalised_scores():
+    vector = [("a", 0.9), ("b", 0.5), ("c", 0.1)]  # min-max: 1, 0.5, 0
+    words = [("c", 4.0), ("b", 1.0)]  # divided by the best: 1, 0.25
+    fused = convex_fusion([(vector, 1.0, False), (words, 0.8, True)], k=3)
+    assert [item for item, _ in fused] == ["a", "c", "b"]
+    assert [score for _, score in fused] == pytest.approx([1.0, 0.8, 0.5 + 0.2])
+    assert Hybrid(weights=(0.8,), fusion="convex").fuse(vector, [words], 3) == fused
 
 
 def test_a_hybrid_search_lifts_the_passage_that_shares_the_question_words():
