@@ -65,13 +65,15 @@ def cmd_demo(args) -> None:
         f"in {time.perf_counter() - started:.1f} s.\n"
     )
     messages: list[dict] = []
+    hybrid = hybrid_of(args)
+    how = "fused with BM25 on the last questions" if hybrid else "the head's vector alone"
     for turn in script["turns"]:
         messages.append({"role": "user", "content": turn})
-        result = native_turn(embedder, index, messages, k=args.k, hybrid=hybrid_of(args))
+        result = native_turn(embedder, index, messages, k=args.k, hybrid=hybrid)
         ms = result.timings
         print(f"User: {turn}")
         print(
-            f"  retrieved from the agent's own prefill of the conversation (prefill {ms['prefill']:.0f} ms, "
+            f"  retrieved from the agent's own prefill of the conversation, {how} (prefill {ms['prefill']:.0f} ms, "
             f"head {ms['head']:.1f} ms, search {ms['search']:.1f} ms):"
         )
         _show_hits(result.hits)
