@@ -1,5 +1,6 @@
 """native-retriever: retrieval from an LLM agent's own hidden states."""
 
+from .bm25 import Hybrid
 from .conversation import PromptFormat
 from .embedder import NativeEmbedder
 from .heads import HeadConfig, ProjectionHead
@@ -10,6 +11,7 @@ from .teacher import Teacher
 __all__ = [
     "Embedder",
     "HeadConfig",
+    "Hybrid",
     "NativeEmbedder",
     "PromptFormat",
     "ProjectionHead",
