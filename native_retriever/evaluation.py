@@ -94,12 +94,11 @@ def lexical_rankings(
 ) -> list[list[tuple[int, float]]]:
     """Per text, its ``k`` best documents by BM25 that share a word with it, as (row, score), best first
     (``candidates``: per text, the document rows it may rank)."""
-    rows, scores = index.top(texts, k if candidates is None else index.size)
-    out = []
-    for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
-        allowed = None if candidates is None else set(candidates[i].tolist())
-        out.append([(r, s) for r, s in zip(row, score, strict=True) if s > 0 and (allowed is None or r in allowed)][:k])
-    return out
+    if candidates is None:
+        return index.ranked(texts, k)
+    allowed = [set(c.tolist()) for c in candidates]
+    ranked = index.ranked(texts, index.size)
+    return [[(r, s) for r, s in hits if r in ok][:k] for hits, ok in zip(ranked, allowed, strict=True)]
 
 
 def hybrid_run(
