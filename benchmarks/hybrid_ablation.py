@@ -7,6 +7,12 @@ folder (the head's vectors computed once), beside the teacher references: the ta
 ``--holdout N`` scores only the last N conversations (by story_id) of the folder, the turns train-head's
 ``--dev-holdout N`` held out from the shipped head: the set the default weights were picked on. Without it, every
 judged query of the folder is scored (use that for report-only sets, never to pick).
+
+``--configs standalone`` compares BM25 weights for queries of one user message (``Hybrid.standalone``) instead,
+on folders of standalone questions; the weight was picked on squad-nyt queries 5,000-5,399 (never trained on):
+
+    python benchmarks/hybrid_ablation.py --data runs/data/squad-nyt-5000-5399 --configs standalone \
+        --output docs/hybrid-ablation-standalone-squad-nyt-5000-5399.json
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ CONFIGS = [
     ("convex q2.0 p1.0 en_plus", Hybrid(weights=(2.0, 1.0), fusion="convex", stopwords="en_plus")),
     ("convex q1.0 p0.5", Hybrid(weights=(1.0, 0.5), fusion="convex")),
 ]
+#: BM25's weight on a lone question (``Hybrid.standalone``), the conversation weights kept at the default's.
+STANDALONE = [("vector alone", None)] + [
+    (f"rrf standalone {w:g}", Hybrid(standalone=w)) for w in (0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
+]
 REFERENCES = ("bm25-question", "teacher-question", "teacher-history", "teacher-last5")
 
 
@@ -55,6 +65,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="data folder")
     parser.add_argument("--holdout", type=int, help="score only the last N conversations (by story_id)")
     parser.add_argument("--head", help="head folder (default: the shipped head)")
+    parser.add_argument("--configs", choices=("conversation", "standalone"), default="conversation")
     parser.add_argument("--output", type=Path, required=True, help="JSON report")
     args = parser.parse_args()
     data = load_data(args.data, require_judged=True)
@@ -63,9 +74,10 @@ def main() -> None:
     teacher = Teacher.from_pretrained()
     embedder = NativeEmbedder.from_pretrained(head=args.head, teacher=teacher)
     systems = [SYSTEMS[name] for name in REFERENCES]
-    systems += [NativeContext(name, hybrid=hybrid) for name, hybrid in CONFIGS]
+    configs = STANDALONE if args.configs == "standalone" else CONFIGS
+    systems += [NativeContext(name, hybrid=hybrid) for name, hybrid in configs]
     report = evaluate_systems(data, systems, context_embedder=embedder, teacher=teacher)
-    report["configs"] = {name: None if h is None else {**asdict(h), "weights": list(h.weights)} for name, h in CONFIGS}
+    report["configs"] = {name: None if h is None else {**asdict(h), "weights": list(h.weights)} for name, h in configs}
     for name, metrics in report["systems"].items():
         story = metrics.get("within_story", {})
         print(

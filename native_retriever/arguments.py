@@ -65,13 +65,22 @@ def add_hybrid(parser: argparse.ArgumentParser) -> None:
         help="weights of BM25 on the current question and the user messages before it, fused with the head's "
         f"ranking by reciprocal rank (default {default}; 0: the head's vector alone)",
     )
+    parser.add_argument(
+        "--standalone-weight",
+        type=non_negative_float,
+        default=DEFAULT_HYBRID.standalone,
+        metavar="W",
+        help="BM25's weight on a question that is the conversation's only user message, or a bare query "
+        f"(default {DEFAULT_HYBRID.standalone:g})",
+    )
 
 
 def hybrid_of(args: argparse.Namespace):
-    """The ``bm25.Hybrid`` that ``--lexical-weights`` asks for (None when every weight is 0)."""
+    """The ``bm25.Hybrid`` that ``--lexical-weights`` and ``--standalone-weight`` ask for (None when every
+    ``--lexical-weights`` weight is 0: the vector alone)."""
     from dataclasses import replace
 
     from .bm25 import DEFAULT_HYBRID
 
     weights = tuple(args.lexical_weights)
-    return replace(DEFAULT_HYBRID, weights=weights) if any(weights) else None
+    return replace(DEFAULT_HYBRID, weights=weights, standalone=args.standalone_weight) if any(weights) else None

@@ -106,12 +106,15 @@ class Hybrid:
     newest first (``conversation.lexical_queries``). Over the ``depth`` best of each list (BM25 hits that share no
     word with the text are not ranked; a passage missing from a list gets nothing from it), ``fusion`` ``rrf``
     scores a passage ``1 / (constant + vector rank)`` plus ``weights[i] / (constant + BM25 rank of text i)``;
-    ``convex`` sums the lists' normalised scores (:func:`convex_fusion`), the vector's at weight 1. BM25 stems
-    words and drops ``stopwords`` (``bm25.STOPWORDS``). The defaults were picked on held-out coqa-train
-    conversations with the shipped head (docs/heads.md#hybrid-search).
+    ``convex`` sums the lists' normalised scores (:func:`convex_fusion`), the vector's at weight 1. A query that
+    brings one text only (a conversation's first question, a bare query string) weighs it by ``standalone``
+    instead of ``weights[0]`` (None: ``weights[0]``): a head's vector of a lone question is its weakest, BM25's
+    ranking of it its strongest. BM25 stems words and drops ``stopwords`` (``bm25.STOPWORDS``). The defaults were
+    picked on held-out training data with the shipped head (docs/heads.md#hybrid-search).
     """
 
     weights: tuple[float, ...] = (0.5, 0.25)
+    standalone: float | None = None
     constant: int = 20
     depth: int = 100
     fusion: str = "rrf"
@@ -125,6 +128,11 @@ class Hybrid:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
                 raise ValueError(f"Hybrid weights must be numbers >= 0, got {weights!r}")
         object.__setattr__(self, "weights", tuple(float(w) for w in weights))
+        lone = self.standalone
+        if lone is not None:
+            if isinstance(lone, bool) or not isinstance(lone, (int, float)) or not lone >= 0:
+                raise ValueError(f"Hybrid standalone must be a number >= 0 or None, got {lone!r}")
+            object.__setattr__(self, "standalone", float(lone))
         for name in ("constant", "depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,12 +154,16 @@ class Hybrid:
         ``(item, score)`` best first, as ``(item, fused score)``."""
         if len(text_hits) > len(self.weights):
             raise ValueError(f"{len(text_hits)} query texts for {len(self.weights)} Hybrid weights")
+        weights = self.weights
+        if len(text_hits) == 1 and self.standalone is not None:
+            weights = (self.standalone,)
         lists = [(list(vector_hits)[: self.depth], 1.0, False)]
-        lists += [(list(h)[: self.depth], w, True) for h, w in zip(text_hits, self.weights, strict=False)]
+        lists += [(list(h)[: self.depth], w, True) for h, w in zip(text_hits, weights, strict=False)]
         if self.fusion == "convex":
             return convex_fusion(lists, k)
         return reciprocal_rank_fusion([([i for i, _ in items], w) for items, w, _ in lists], k, self.constant)
 
 
-#: What searches given query texts use unless told otherwise.
-DEFAULT_HYBRID = Hybrid()
+#: What searches given query texts use unless told otherwise: the conversation weights picked on held-out coqa-train
+#: conversations, the standalone weight on held-out squad-nyt questions (docs/heads.md#hybrid-search).
+DEFAULT_HYBRID = Hybrid(standalone=3.0)

@@ -52,6 +52,8 @@ def test_reciprocal_rank_fusion_adds_weighted_reciprocal_ranks():
         ({"depth": 2.5}, "depth must be a positive integer"),
         ({"fusion": "max"}, "fusion must be one of"),
         ({"stopwords": "none"}, "stopwords must be one of"),
+        ({"standalone": -1.0}, "standalone must be a number >= 0 or None"),
+        ({"standalone": "2"}, "standalone must be a number >= 0 or None"),
     ],
 )
 def test_a_bad_hybrid_is_refused_with_the_reason(kwargs, message):
@@ -105,6 +107,18 @@ def test_a_hybrid_search_lifts_the_passage_that_shares_the_question_words():
     vector_rank = [h.id for h in dense].index("p2") + 1
     assert hits[0].score == pytest.approx(1 / (20 + vector_rank) + 2.0 / 21)
     assert {h.id for h in hits} == {f"p{i}" for i in range(5)}  # every passage is still ranked, once
+
+
+def test_a_lone_question_is_weighed_by_the_standalone_weight():
+    vector = [("a", 0.9), ("b", 0.5)]
+    words = [("b", 3.0), ("a", 1.0)]
+    hybrid = Hybrid(weights=(0.5, 0.25), standalone=2.0, constant=20)
+    lone = dict(hybrid.fuse(vector, [words], 2))
+    assert lone == pytest.approx({"a": 1 / 21 + 2.0 / 22, "b": 1 / 22 + 2.0 / 21})
+    # with the message before it the conversation weights apply, the standalone weight not at all
+    two = dict(hybrid.fuse(vector, [words, []], 2))
+    assert two == pytest.approx({"a": 1 / 21 + 0.5 / 22, "b": 1 / 22 + 0.5 / 21})
+    assert Hybrid(weights=(0.5, 0.25)).fuse(vector, [words], 2) == Hybrid(weights=(0.5,)).fuse(vector, [words], 2)
 
 
 def test_the_earlier_user_message_counts_with_its_own_weight():
@@ -224,3 +238,18 @@ def test_the_evaluations_hybrid_run_is_the_index_search():
     for qid, row in zip(inputs.query_ids, hits, strict=True):
         assert list(run[qid]) == [h.id for h in row]
         assert list(run[qid].values()) == pytest.approx([h.score for h in row])
+
+
+def test_the_command_line_weights_build_the_hybrid_a_search_uses():
+    import argparse
+
+    from native_retriever.arguments import add_hybrid, hybrid_of
+
+    parser = argparse.ArgumentParser()
+    add_hybrid(parser)
+    assert hybrid_of(parser.parse_args([])) == DEFAULT_HYBRID
+    custom = hybrid_of(parser.parse_args(["--lexical-weights", "1", "0.5", "--standalone-weight", "4"]))
+    assert custom.weights == (1.0, 0.5) and custom.standalone == 4.0 and custom.constant == DEFAULT_HYBRID.constant
+    assert hybrid_of(parser.parse_args(["--lexical-weights", "0"])) is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--standalone-weight", "-1"])
