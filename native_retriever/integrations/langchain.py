@@ -57,7 +57,7 @@ LANGCHAIN_TYPES = (
 
 
 # -- messages ---------------------------------------------------------------------------------------------------
-def _text(content: Any, position: int) -> str:
+def message_text(content: Any, position: int) -> str:
     """Text of a message content: a string, or the text parts of a list of content blocks."""
     if isinstance(content, str):
         return content
@@ -71,16 +71,16 @@ def _turn(message: Any, position: int) -> dict | None:
     if isinstance(message, BaseMessage):
         kind = message.type.removesuffix("MessageChunk").lower()
         name = getattr(message, "role", kind) if kind == "chat" else kind
-        return chat_turn(name, _text(message.content, position), position)
+        return chat_turn(name, message_text(message.content, position), position)
     if type(message).__module__.startswith("llama_index"):
         raise ConversationError(
             f"Message {position} is a LlamaIndex {type(message).__name__}; the LangChain integration takes "
             f"{LANGCHAIN_TYPES}. For LlamaIndex use native_retriever.integrations.llama_index."
         )
     if isinstance(message, tuple) and len(message) == 2:
-        return chat_turn(message[0], _text(message[1], position), position)
+        return chat_turn(message[0], message_text(message[1], position), position)
     if isinstance(message, Mapping) and "content" in message and ("role" in message or "type" in message):
-        return chat_turn(message.get("role", message.get("type")), _text(message["content"], position), position)
+        return chat_turn(message.get("role", message.get("type")), message_text(message["content"], position), position)
     raise ConversationError(f"Message {position} is a {type(message).__name__}; give {LANGCHAIN_TYPES}.")
 
 

@@ -1,0 +1,153 @@
+"""The create_agent middleware: retrieval from the agent state's conversation, passages in the system message,
+documents in the state, multi-turn through a LangGraph checkpointer, async, the tool loop and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import TOPICS, conversations, passage_text
+from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+
+from native_retriever import VectorIndex
+from native_retriever.errors import ConversationError
+from native_retriever.integrations.langchain import NativeEmbeddings, NativeRetriever
+from native_retriever.integrations.langchain_agents import CONTEXT_PROMPT, NativeRetrievalMiddleware
+
+MULTI_TURN = [messages for _, messages, _ in conversations() if len(messages) > 2][:3]
+
+
+class RecordingChatModel(BaseChatModel):
+    """Answers with scripted messages and records the prompt of every call."""
+
+    replies: list[AIMessage]
+    prompts: list[list[BaseMessage]] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "recording"
+
+    def bind_tools(self, tools: Any, **kwargs: Any):
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        self.prompts.append(list(messages))
+        return ChatResult(generations=[ChatGeneration(message=self.replies[len(self.prompts) - 1])])
+
+
+def model(*replies: str | AIMessage) -> RecordingChatModel:
+    return RecordingChatModel(replies=[r if isinstance(r, AIMessage) else AIMessage(r) for r in replies], prompts=[])
+
+
+@pytest.fixture(scope="module")
+def retriever(embedder) -> NativeRetriever:
+    index = VectorIndex(embedder.dimension)
+    texts = [passage_text(topic) for topic in TOPICS]
+    index.add(
+        [f"d{i}" for i in range(len(texts))],
+        embedder.embed_documents(texts),
+        texts,
+        [{"n": i} for i in range(len(texts))],
+    )
+    return NativeRetriever(embeddings=NativeEmbeddings(embedder), store=index, k=3)
+
+
+def as_langchain(messages: list[dict]) -> list[BaseMessage]:
+    kinds = {"user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m["role"]](content=m["content"]) for m in messages]
+
+
+def expected(retriever: NativeRetriever, messages: list[dict]) -> list[dict]:
+    """What the retriever gives for the conversation directly (ids, order, scores)."""
+    docs = retriever.invoke(messages[-1]["content"], chat_history=as_langchain(messages[:-1]))
+    return [{"id": d.id, "page_content": d.page_content, "metadata": d.metadata} for d in docs]
+
+
+def system_text(prompt: list[BaseMessage]) -> str:
+    assert isinstance(prompt[0], SystemMessage)
+    return "".join(b["text"] for b in prompt[0].content_blocks if b["type"] == "text")
+
+
+def test_the_model_gets_the_passages_retrieved_for_the_whole_conversation(retriever):
+    messages = MULTI_TURN[0]
+    chat = model("An answer.")
+    agent = create_agent(chat, middleware=[NativeRetrievalMiddleware(retriever)], system_prompt="Be brief.")
+    state = agent.invoke({"messages": as_langchain(messages)})
+    want = expected(retriever, messages)
+    assert state["retrieved_documents"] == want and len(want) == 3
+    text = system_text(chat.prompts[0])
+    assert text.startswith("Be brief.") and CONTEXT_PROMPT in text
+    for n, doc in enumerate(want, 1):
+        assert f"[{n}] {doc['page_content']}" in text
+    assert [m.content for m in chat.prompts[0][1:]] == [m["content"] for m in messages]  # the conversation is untouched
+    assert state["messages"][-1].content == "An answer."
+
+
+def test_turns_of_a_checkpointed_thread_embed_the_whole_thread(retriever):
+    messages = MULTI_TURN[1]
+    assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+    agent = create_agent(
+        model(*assistant, "last", "other"), middleware=[NativeRetrievalMiddleware(retriever)], checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "t1"}}
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    for i in users:
+        state = agent.invoke({"messages": [HumanMessage(messages[i]["content"])]}, config)
+        assert state["retrieved_documents"] == expected(retriever, messages[: i + 1])
+    assert len(state["messages"]) == len(messages) + 1
+    other = agent.invoke(
+        {"messages": [HumanMessage(messages[users[-1]]["content"])]}, {"configurable": {"thread_id": "t2"}}
+    )
+    assert other["retrieved_documents"] == expected(retriever, [messages[users[-1]]])  # a new thread starts afresh
+
+
+def test_async_agents_and_concurrent_threads_get_what_a_serial_call_gets(retriever):
+    async def turn(messages, thread):
+        agent = create_agent(
+            model("ok"), middleware=[NativeRetrievalMiddleware(retriever)], checkpointer=InMemorySaver()
+        )
+        state = await agent.ainvoke({"messages": as_langchain(messages)}, {"configurable": {"thread_id": thread}})
+        return state["retrieved_documents"]
+
+    async def all_turns():
+        return await asyncio.gather(*(turn(m, str(i)) for i, m in enumerate(MULTI_TURN)))
+
+    assert asyncio.run(all_turns()) == [expected(retriever, m) for m in MULTI_TURN]
+
+
+def test_after_a_tool_result_the_passages_stay_and_nothing_is_retrieved_again(retriever, monkeypatch):
+    @tool
+    def lookup(name: str) -> str:
+        """Look a name up."""
+        return f"{name} is known."
+
+    call = AIMessage("", tool_calls=[{"name": "lookup", "args": {"name": "Zorblat"}, "id": "c1", "type": "tool_call"}])
+    chat = model(call, "Done.")
+    middleware = NativeRetrievalMiddleware(retriever)
+    agent = create_agent(chat, tools=[lookup], middleware=[middleware])
+    messages = MULTI_TURN[0]
+    calls = []
+    invoke = NativeRetriever.invoke
+    monkeypatch.setattr(NativeRetriever, "invoke", lambda self, *a, **kw: calls.append(a) or invoke(self, *a, **kw))
+    state = agent.invoke({"messages": as_langchain(messages)})
+    assert len(calls) == 1 and len(chat.prompts) == 2 and isinstance(chat.prompts[1][-1], ToolMessage)
+    assert system_text(chat.prompts[1]) == system_text(chat.prompts[0])
+    assert state["retrieved_documents"] == expected(retriever, messages)
+
+
+def test_bad_agent_input_is_refused_with_the_fix(retriever):
+    middleware = NativeRetrievalMiddleware(retriever)
+    with pytest.raises(ConversationError, match="holds no messages"):
+        middleware.before_model({"messages": []}, None)
+    with pytest.raises(ConversationError, match="not the user's"):
+        middleware.before_model({"messages": [HumanMessage("hi"), AIMessage("hello")]}, None)
+    with pytest.raises(ConversationError, match="question is empty"):
+        middleware.before_model({"messages": [HumanMessage("  ")]}, None)
+    with pytest.raises(TypeError, match="needs a NativeRetriever"):
+        NativeRetrievalMiddleware(retriever.store)
