@@ -4,6 +4,11 @@ documents in the state, multi-turn through a LangGraph checkpointer, async, the 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,8 +75,8 @@ def expected(retriever: NativeRetriever, messages: list[dict]) -> list[dict]:
 
 
 def system_text(prompt: list[BaseMessage]) -> str:
-    assert isinstance(prompt[0], SystemMessage)
-    return "".join(b["text"] for b in prompt[0].content_blocks if b["type"] == "text")
+    assert isinstance(prompt[0], SystemMessage) and isinstance(prompt[0].content, str)  # chat templates read text
+    return prompt[0].content
 
 
 def test_the_model_gets_the_passages_retrieved_for_the_whole_conversation(retriever):
@@ -82,7 +87,7 @@ def test_the_model_gets_the_passages_retrieved_for_the_whole_conversation(retrie
     want = expected(retriever, messages)
     assert state["retrieved_documents"] == want and len(want) == 3
     text = system_text(chat.prompts[0])
-    assert text.startswith("Be brief.") and CONTEXT_PROMPT in text
+    assert text.startswith(f"Be brief.\n\n{CONTEXT_PROMPT}\n[1] ")
     for n, doc in enumerate(want, 1):
         assert f"[{n}] {doc['page_content']}" in text
     assert [m.content for m in chat.prompts[0][1:]] == [m["content"] for m in messages]  # the conversation is untouched
@@ -93,7 +98,9 @@ def test_turns_of_a_checkpointed_thread_embed_the_whole_thread(retriever):
     messages = MULTI_TURN[1]
     assistant = [m["content"] for m in messages if m["role"] == "assistant"]
     agent = create_agent(
-        model(*assistant, "last", "other"), middleware=[NativeRetrievalMiddleware(retriever)], checkpointer=InMemorySaver()
+        model(*assistant, "last", "other"),
+        middleware=[NativeRetrievalMiddleware(retriever)],
+        checkpointer=InMemorySaver(),
     )
     config = {"configurable": {"thread_id": "t1"}}
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
@@ -151,3 +158,36 @@ def test_bad_agent_input_is_refused_with_the_fix(retriever):
         middleware.before_model({"messages": [HumanMessage("  ")]}, None)
     with pytest.raises(TypeError, match="needs a NativeRetriever"):
         NativeRetrievalMiddleware(retriever.store)
+
+
+def test_a_system_prompt_of_content_blocks_keeps_its_blocks(retriever):
+    chat = model("ok")
+    system = SystemMessage(content=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
+    agent = create_agent(chat, middleware=[NativeRetrievalMiddleware(retriever)], system_prompt=system)
+    agent.invoke({"messages": as_langchain(MULTI_TURN[0])})
+    blocks = chat.prompts[0][0].content
+    assert blocks[0] == system.content[0] and blocks[1]["text"].startswith(f"\n\n{CONTEXT_PROMPT}\n[1] ")
+
+
+@pytest.mark.slow
+def test_the_create_agent_example_retrieves_each_turns_passage_first():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "examples/langchain_create_agent.py"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = json.loads((root / "native_retriever" / "resources" / "demo_conversation.json").read_text())
+    turns = result.stdout.split("User: ")[1:]
+    assert len(turns) == len(script["turns"]) == 4
+    for turn, expected_title in zip(turns, script["expected_topic_titles"], strict=True):
+        retrieved = [
+            line.split("]", 1)[1].split("  (score")[0].strip() for line in turn.splitlines() if "(score" in line
+        ]
+        assert len(retrieved) == 3 and retrieved[0] == expected_title, turn
+        assert "Assistant: " in turn

@@ -107,14 +107,20 @@ class NativeRetrievalMiddleware(AgentMiddleware[NativeRetrievalState]):
         return self._update(await self.retriever.ainvoke(asked[0], chat_history=asked[1]))
 
     def _with_passages(self, request: ModelRequest) -> ModelRequest:
+        """The request with the passages after the system message's text (a string stays a string, so chat
+        templates that read text only render it; content blocks stay blocks)."""
         documents = request.state.get("retrieved_documents") or []
         if not documents:
             return request
         text = f"{self.prompt}\n{numbered_passages(d['page_content'] for d in documents)}"
-        blocks = (
-            [*request.system_message.content_blocks, {"type": "text", "text": "\n\n"}] if request.system_message else []
-        )
-        return request.override(system_message=SystemMessage(content=[*blocks, {"type": "text", "text": text}]))
+        system = request.system_message
+        if system is None:
+            content: str | list = text
+        elif isinstance(system.content, str):
+            content = f"{system.content}\n\n{text}"
+        else:
+            content = [*system.content, {"type": "text", "text": f"\n\n{text}"}]
+        return request.override(system_message=SystemMessage(content=content))
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> ModelResponse:
         """Call the model with the passages appended to its system message."""
