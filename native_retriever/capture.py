@@ -148,8 +148,10 @@ class HiddenStateCapture:
 
     # -- hooks ----------------------------------------------------------------------------------------------
     def _on_call(self, module, args, kwargs) -> None:
+        if threading.get_ident() != self._thread:
+            return  # another thread's call: its own capture (if any) records it; ours is left as it is
         self._pending = None
-        if threading.get_ident() != self._thread or _past_length(call_cache(kwargs)) > 0:
+        if _past_length(call_cache(kwargs)) > 0:
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
@@ -159,6 +161,8 @@ class HiddenStateCapture:
         self._pending = {"input_ids": ids, "mask": None if mask is None else mask.detach().cpu(), "sum": None, "n": 0}
 
     def _on_return(self, module, args, output) -> None:
+        if threading.get_ident() != self._thread:
+            return
         pending, self._pending = self._pending, None
         if pending is None or pending["n"] != sum(self.counts.values()):
             return  # not a prefill, or the forward failed before every layer was seen

@@ -147,6 +147,33 @@ def test_forwards_outside_the_agent_call_are_ignored(tiny_llm, tiny_tokenizer, t
         cap.vectors()
 
 
+def test_forwards_of_other_threads_during_a_prefill_leave_it_whole(
+    tiny_llm, tiny_tokenizer, tiny_head_factory, teacher
+):
+    """Concurrent requests on one model: another request's decode steps while ours prefills must not reset it."""
+    embedder = _embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher)
+    expected = [embedder.embed_conversation(c) for c in CONVERSATIONS]
+    done = threading.Event()
+
+    def other_request() -> None:
+        with torch.no_grad():
+            while not done.is_set():
+                tiny_llm(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10]]))
+
+    other = threading.Thread(target=other_request)
+    other.start()
+    try:
+        for _ in range(10):
+            for conversation, vector in zip(CONVERSATIONS, expected, strict=True):
+                ids = torch.tensor([embedder.tokenize(conversation).input_ids])
+                with embedder.capture() as cap, torch.no_grad():
+                    tiny_llm(input_ids=ids)
+                np.testing.assert_allclose(cap.vectors()[0], vector, atol=1e-5)
+    finally:
+        done.set()
+        other.join(timeout=30)
+
+
 def test_a_prompt_in_another_format_is_refused(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
     embedder = _embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher)
     other = tiny_tokenizer(CONVERSATIONS[0][0]["content"], return_tensors="pt")  # raw text, no chat template
