@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -160,24 +160,26 @@ def _finish(tokenizer: PreTrainedTokenizerBase, answer_ids: list[int]) -> str:
     return tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
 
 
-def native_turn(
+@dataclass
+class NativePrompt:
+    """A conversation prefilled once, its passages retrieved and appended: the answer continues on ``cache``."""
+
+    prompt: list[int]  # everything before the answer; the cache holds all of it but the last token
+    cache: DynamicCache
+    hits: list[SearchHit]
+    vector: np.ndarray = field(repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def native_prompt(
     embedder: NativeEmbedder,
     index: VectorIndex,
     messages: Sequence,
     k: int = 3,
-    max_new_tokens: int = 48,
-    min_new_tokens: int = 0,
     hybrid: Hybrid | None = DEFAULT_HYBRID,
-) -> Turn:
-    """Retrieve and answer with one prefill of the conversation.
-
-    The conversation (the head's formatted tokens, ``embedder.tokenize``) is prefilled once; the head reads that
-    prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
-    template and the answer is generated on the same KV cache. The search fuses the head's vector with BM25 on
-    the conversation's last user messages (``hybrid``, see :class:`~native_retriever.bm25.Hybrid`; None: the
-    vector alone). Timings: ``prefill`` (formatting included), ``head``,
-    ``search``, ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
-    """
+) -> NativePrompt:
+    """The retrieval half of :func:`native_turn`: one prefill of the conversation gives the query vector (capture)
+    and the cache; the passages found are appended to it as a tool call and result."""
     model, tokenizer = embedder.model, embedder.tokenizer
     clock = _Clock()
     kept, encoded = formatted_messages(embedder, messages)
@@ -192,9 +194,66 @@ def native_turn(
     prompt = encoded.input_ids + appended_ids(tokenizer, kept, encoded.input_ids, tool_messages(hits))
     prefill(model, prompt[len(encoded.input_ids) : -1], cache)
     clock.lap("passages_prefill")
-    answer_ids = continue_greedy(model, tokenizer, prompt, cache, max_new_tokens, min_new_tokens)
-    clock.lap("answer")
-    return Turn(_finish(tokenizer, answer_ids), hits, clock.timings, answer_ids, prompt, vector=vector[0])
+    return NativePrompt(prompt, cache, hits, vector[0], clock.timings)
+
+
+def native_turn(
+    embedder: NativeEmbedder,
+    index: VectorIndex,
+    messages: Sequence,
+    k: int = 3,
+    max_new_tokens: int = 48,
+    min_new_tokens: int = 0,
+    hybrid: Hybrid | None = DEFAULT_HYBRID,
+) -> Turn:
+    """Retrieve and answer with one prefill of the conversation.
+
+    The conversation (the head's formatted tokens, ``embedder.tokenize``) is prefilled once; the head reads that
+    prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
+    template and the answer is generated on the same KV cache (:func:`native_prompt`). The search fuses the head's
+    vector with BM25 on the conversation's last user messages (``hybrid``, see :class:`~native_retriever.bm25.Hybrid`;
+    None: the vector alone). Timings: ``prefill`` (formatting included), ``head``, ``search``,
+    ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
+    """
+    model, tokenizer = embedder.model, embedder.tokenizer
+    ready = native_prompt(embedder, index, messages, k, hybrid)
+    started = time.perf_counter()
+    answer_ids = continue_greedy(model, tokenizer, ready.prompt, ready.cache, max_new_tokens, min_new_tokens)
+    timings = {**ready.timings, "answer": 1000 * (time.perf_counter() - started)}
+    return Turn(_finish(tokenizer, answer_ids), ready.hits, timings, answer_ids, ready.prompt, vector=ready.vector)
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The ids that end an answer: the generation config's ``eos_token_id`` (one or several), else the tokenizer's."""
+    value = getattr(model.generation_config, "eos_token_id", None)
+    if value is None:
+        value = tokenizer.eos_token_id
+    return {int(v) for v in (value if isinstance(value, list | tuple) else [value]) if v is not None}
+
+
+@torch.inference_mode()
+def stream_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: Sequence[int],
+    cache: DynamicCache,
+    max_new_tokens: int,
+) -> Iterator[int]:
+    """Greedy tokens after ``input_ids`` one at a time, as they are decoded (the end-of-turn token not included);
+    the first ``cache.get_seq_length()`` tokens of ``input_ids`` are already in ``cache``."""
+    pending = list(input_ids[cache.get_seq_length() :])
+    if not pending:
+        raise ValueError("The cache covers the whole prompt; leave at least its last token out of the prefill.")
+    stops = stop_token_ids(model, tokenizer)
+    device = _device(model)
+    for _ in range(max_new_tokens):
+        ids = torch.tensor([pending], device=device)
+        logits = model(input_ids=ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits
+        token = int(logits[0, -1].argmax())
+        if token in stops:
+            return
+        yield token
+        pending = [token]
 
 
 def classic_turn(

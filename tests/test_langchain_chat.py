@@ -1,0 +1,118 @@
+"""NativeChatModel: the model call is the retrieval (one prefill), the same passages and answer as native_turn,
+streaming, async, threads, inside create_agent, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import TOPICS, conversations, passage_text
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.tools import tool
+
+from native_retriever import VectorIndex
+from native_retriever.agent import native_turn
+from native_retriever.integrations.langchain_chat import NativeChatModel
+
+CONVERSATIONS = [messages for _, messages, _ in conversations()][:4]
+TOKENS = 12
+
+
+def as_langchain(messages: list[dict]) -> list:
+    kinds = {"user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m["role"]](content=m["content"]) for m in messages]
+
+
+@pytest.fixture(scope="module")
+def index(embedder) -> VectorIndex:
+    index = VectorIndex(embedder.dimension)
+    texts = [passage_text(topic) for topic in TOPICS]
+    index.add(
+        [f"d{i}" for i in range(len(texts))],
+        embedder.embed_documents(texts),
+        texts,
+        [{"n": i} for i in range(len(texts))],
+    )
+    return index
+
+
+@pytest.fixture(scope="module")
+def chat(embedder, index) -> NativeChatModel:
+    return NativeChatModel(embedder=embedder, index=index, k=3, max_new_tokens=TOKENS)
+
+
+def ids(message) -> list[str]:
+    return [d["id"] for d in message.response_metadata["retrieved_documents"]]
+
+
+def test_an_answer_is_native_turns_answer_on_the_passages_native_turn_retrieves(chat, embedder, index):
+    for messages in CONVERSATIONS:
+        turn = native_turn(embedder, index, messages, k=3, max_new_tokens=TOKENS)
+        message = chat.invoke(as_langchain(messages))
+        assert ids(message) == [h.id for h in turn.hits]
+        assert [d["metadata"]["score"] for d in message.response_metadata["retrieved_documents"]] == pytest.approx(
+            [h.score for h in turn.hits]
+        )
+        assert message.content == turn.answer
+        assert message.usage_metadata["input_tokens"] == len(turn.prompt_ids)
+        assert set(message.response_metadata["timings_ms"]) == {"prefill", "head", "search", "passages_prefill"}
+
+
+def test_streaming_gives_the_same_answer_token_by_token(chat):
+    messages = as_langchain(CONVERSATIONS[1])
+    chunks = list(chat.stream(messages))
+    assert chunks[0].response_metadata["retrieved_documents"] and len(chunks) > 3
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole += chunk
+    invoked = chat.invoke(messages)
+    assert whole.content.strip() == invoked.content and ids(whole) == ids(invoked)
+
+
+def test_async_calls_and_threads_give_what_a_serial_call_gives(chat):
+    serial = [chat.invoke(as_langchain(m)) for m in CONVERSATIONS]
+
+    async def both():
+        invoked = await asyncio.gather(*(chat.ainvoke(as_langchain(m)) for m in CONVERSATIONS))
+        streamed = []
+        for m in CONVERSATIONS:
+            parts = [chunk async for chunk in chat.astream(as_langchain(m))]
+            streamed.append("".join(p.content for p in parts).strip())
+        return invoked, streamed
+
+    invoked, streamed = asyncio.run(both())
+    assert [m.content for m in invoked] == [m.content for m in serial] == streamed
+    assert [ids(m) for m in invoked] == [ids(m) for m in serial]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda m: chat.invoke(as_langchain(m)), CONVERSATIONS * 2))
+    assert [(m.content, ids(m)) for m in threaded] == [(m.content, ids(m)) for m in serial * 2]
+
+
+def test_stop_words_end_the_answer(chat):
+    full = chat.invoke(as_langchain(CONVERSATIONS[0])).content
+    assert len(full) > 4
+    stop = full[2:4]
+    cut = chat.invoke(as_langchain(CONVERSATIONS[0]), stop=[stop]).content
+    assert stop not in cut and full.startswith(cut)
+
+
+def test_it_runs_as_the_model_of_a_create_agent_agent(chat):
+    agent = create_agent(chat, system_prompt="Answer in one sentence.")
+    state = agent.invoke({"messages": as_langchain(CONVERSATIONS[2])})
+    assert isinstance(state["messages"][-1], AIMessage) and ids(state["messages"][-1])
+
+
+def test_tools_and_bad_settings_are_refused_with_the_fix(chat, embedder, index):
+    @tool
+    def lookup(name: str) -> str:
+        """Look a name up."""
+        return name
+
+    with pytest.raises(NotImplementedError, match="NativeRetrievalMiddleware"):
+        chat.bind_tools([lookup])
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        NativeChatModel(embedder=embedder, index=index, k=0)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+        NativeChatModel(embedder=embedder, index=index, max_new_tokens=0)
