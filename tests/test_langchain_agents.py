@@ -18,12 +18,18 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
+from langchain_tests.integration_tests import ToolsIntegrationTests
+from langchain_tests.unit_tests import ToolsUnitTests
 from langgraph.checkpoint.memory import InMemorySaver
 
 from native_retriever import VectorIndex
 from native_retriever.errors import ConversationError
 from native_retriever.integrations.langchain import NativeEmbeddings, NativeRetriever
-from native_retriever.integrations.langchain_agents import CONTEXT_PROMPT, NativeRetrievalMiddleware
+from native_retriever.integrations.langchain_agents import (
+    CONTEXT_PROMPT,
+    NativeRetrievalMiddleware,
+    native_search_tool,
+)
 
 MULTI_TURN = [messages for _, messages, _ in conversations() if len(messages) > 2][:3]
 
@@ -146,6 +152,66 @@ def test_after_a_tool_result_the_passages_stay_and_nothing_is_retrieved_again(re
     assert len(calls) == 1 and len(chat.prompts) == 2 and isinstance(chat.prompts[1][-1], ToolMessage)
     assert system_text(chat.prompts[1]) == system_text(chat.prompts[0])
     assert state["retrieved_documents"] == expected(retriever, messages)
+
+
+def test_the_search_tool_reads_the_conversation_in_the_agent_state(retriever):
+    messages = MULTI_TURN[2]
+    call = {"name": "search_documents", "args": {"query": "it"}, "id": "c1", "type": "tool_call"}
+    chat = model(AIMessage("", tool_calls=[call]), "Done.")
+    agent = create_agent(chat, tools=[native_search_tool(retriever)])
+    state = agent.invoke({"messages": as_langchain(messages)})
+    result = next(m for m in state["messages"] if isinstance(m, ToolMessage))
+    want = expected(retriever, messages)  # the conversation's passages, not those of the query "it"
+    assert [d.id for d in result.artifact] == [d["id"] for d in want]
+    assert result.content == "\n".join(f"[{n}] {d['page_content']}" for n, d in enumerate(want, 1))
+    assert [d.metadata for d in result.artifact] == [d["metadata"] for d in want]
+
+    async def arun():
+        return await create_agent(
+            model(AIMessage("", tool_calls=[call]), "Done."), tools=[native_search_tool(retriever)]
+        ).ainvoke({"messages": as_langchain(messages)})
+
+    again = next(m for m in asyncio.run(arun())["messages"] if isinstance(m, ToolMessage))
+    assert [d.id for d in again.artifact] == [d["id"] for d in want]
+
+
+def test_outside_an_agent_the_tool_searches_for_its_query(retriever):
+    search = native_search_tool(retriever)
+    question = MULTI_TURN[0][0]["content"]
+    output = search.invoke({"type": "tool_call", "name": "search_documents", "args": {"query": question}, "id": "x"})
+    assert [d.id for d in output.artifact] == [d["id"] for d in expected(retriever, [MULTI_TURN[0][0]])]
+    with pytest.raises(ConversationError, match="question is empty"):
+        search.invoke({"query": " "})
+    with pytest.raises(TypeError, match="needs a NativeRetriever"):
+        native_search_tool(retriever.store)
+
+
+class SearchToolSuite:
+    """What LangChain's tool suites need: the tool (over the module's retriever) and an example call."""
+
+    @pytest.fixture(autouse=True)
+    def _tool(self, retriever):
+        self.instance = native_search_tool(retriever)
+
+    @property
+    def tool_constructor(self):
+        return self.instance
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"query": "What can I see at the Zorblat festival?"}
+
+
+class TestSearchToolUnit(SearchToolSuite, ToolsUnitTests):
+    pass
+
+
+class TestSearchToolIntegration(SearchToolSuite, ToolsIntegrationTests):
+    # the suite has async tests; pytest-asyncio runs them (strict mode), its note on the sync ones is expected
+    pytestmark = [
+        pytest.mark.asyncio,
+        pytest.mark.filterwarnings("ignore:The test .* is marked with '@pytest.mark.asyncio'"),
+    ]
 
 
 def test_bad_agent_input_is_refused_with_the_fix(retriever):

@@ -1,4 +1,4 @@
-"""LangChain 1.x agents: native retrieval as a ``create_agent`` middleware.
+"""LangChain 1.x agents: native retrieval as a ``create_agent`` middleware, and as a search tool.
 
 :class:`NativeRetrievalMiddleware` retrieves before the model call that answers a user message, from the whole
 conversation in the agent's state (the agent's LLM states of it, through the head: no query rewrite, no tool call),
@@ -15,6 +15,11 @@ puts the passages in the model's system message and records them in the state::
 Works with any chat model (the retrieval reads the conversation, not the model). After a tool result the model is
 called again on the same user message: the passages stay, nothing is retrieved again.
 
+For agents that decide when to search, :func:`native_search_tool` is a tool whose query vector comes from the
+conversation in the agent's state (``ToolRuntime``), not from the query string the model wrote::
+
+    agent = create_agent(chat_model, tools=[native_search_tool(retriever)])
+
 Needs the ``langchain`` extra: ``pip install "native-retriever[langchain]"``.
 """
 # ruff: noqa: E402  (the imports below must come after the check that names the extra)
@@ -30,15 +35,23 @@ from typing import Annotated, Any
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
 from langchain.agents.middleware.types import OmitFromInput
+from langchain.tools import ToolRuntime
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage, SystemMessage, ToolMessage
+from langchain_core.tools import StructuredTool
 from typing_extensions import NotRequired
 
 from ..agent import numbered_passages
 from ..errors import ConversationError
 from .langchain import NativeRetriever, message_text
 
-__all__ = ["CONTEXT_PROMPT", "NativeRetrievalMiddleware", "NativeRetrievalState"]
+__all__ = [
+    "CONTEXT_PROMPT",
+    "SEARCH_DESCRIPTION",
+    "NativeRetrievalMiddleware",
+    "NativeRetrievalState",
+    "native_search_tool",
+]
 
 #: The line before the numbered passages in the model's system message.
 CONTEXT_PROMPT = "Passages retrieved for the user's last message; answer from them where they help:"
@@ -131,3 +144,51 @@ class NativeRetrievalMiddleware(AgentMiddleware[NativeRetrievalState]):
     ) -> ModelResponse:
         """Async :meth:`wrap_model_call`."""
         return await handler(self._with_passages(request))
+
+
+#: The search tool's description, as the model reads it.
+SEARCH_DESCRIPTION = (
+    "Search the documents for passages that answer the user's current question. The search reads the whole "
+    "conversation, so a short query is enough. Returns numbered passages."
+)
+
+
+def _asked(runtime: ToolRuntime | None, query: str) -> tuple[str, list[BaseMessage] | None]:
+    """(question, history): the conversation up to the user's last message when the tool runs in an agent, else
+    the query string as a standalone question."""
+    messages = list((getattr(runtime, "state", None) or {}).get("messages") or [])
+    users = [i for i, m in enumerate(messages) if isinstance(m, BaseMessage) and m.type == "human"]
+    if not users:
+        return query, None
+    return message_text(messages[users[-1]].content, users[-1]), messages[: users[-1]]
+
+
+def native_search_tool(
+    retriever: NativeRetriever, *, name: str = "search_documents", description: str = SEARCH_DESCRIPTION
+) -> StructuredTool:
+    """A search tool for agents that decide when to search (``create_agent(tools=[...])``).
+
+    In an agent the query vector comes from the conversation in the agent's state up to the user's last message
+    (the same passages :class:`NativeRetrievalMiddleware` and ``retriever.invoke(question, chat_history=...)`` give
+    for it); the ``query`` the model writes is used only when the tool runs outside an agent (no state), as a
+    standalone question. ``response_format="content_and_artifact"``: the model reads the numbered passages, the
+    ``ToolMessage.artifact`` holds the ``Document``s for the application.
+    """
+    if not isinstance(retriever, NativeRetriever):
+        raise TypeError(f"native_search_tool needs a NativeRetriever, got {type(retriever).__name__}.")
+
+    def content(documents: list[Document]) -> tuple[str, list[Document]]:
+        return numbered_passages(d.page_content for d in documents) or "No passages found.", documents
+
+    def search(query: str, runtime: ToolRuntime = None) -> tuple[str, list[Document]]:
+        question, history = _asked(runtime, query)
+        return content(retriever.invoke(question, chat_history=history))
+
+    async def asearch(query: str, runtime: ToolRuntime = None) -> tuple[str, list[Document]]:
+        question, history = _asked(runtime, query)
+        return content(await retriever.ainvoke(question, chat_history=history))
+
+    search.__doc__ = asearch.__doc__ = description
+    return StructuredTool.from_function(
+        func=search, coroutine=asearch, name=name, description=description, response_format="content_and_artifact"
+    )
