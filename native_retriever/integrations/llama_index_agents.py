@@ -1,4 +1,4 @@
-"""LlamaIndex 0.14 agents: native retrieval as a ``Memory`` block.
+"""LlamaIndex 0.14 agents: native retrieval as a ``Memory`` block, and as a tool that reads the workflow's memory.
 
 :class:`NativeMemoryBlock` retrieves, whenever the ``Memory`` is read, from the chat history up to the user's last
 message (the agent LLM's states of it, through the head: no rewrite, no tool call). ``FunctionAgent``,
@@ -16,12 +16,14 @@ The passages go where ``Memory`` puts its blocks (``insert_method``: the system 
 ``[1]``, ``[2]``, ... inside ``<native_retrieval>`` tags; :attr:`NativeMemoryBlock.last_nodes` holds the nodes (ids,
 scores, metadata) of the last retrieval, for citations.
 
+For agents that decide when to search, :func:`native_retrieval_tool` is a ``FunctionTool`` whose query vector comes
+from the conversation in the workflow's memory (its ``Context``), not from the argument string the LLM wrote.
+
 Needs the ``llama-index`` extra: ``pip install "native-retriever[llama-index]"``.
 """
 # ruff: noqa: E402  (the imports below must come after the check that names the extra)
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FunctionTool finds the ``ctx: Context`` parameter by its real annotation.
 from . import require
 
 require("llama_index.core", "llama-index")
@@ -32,11 +34,20 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.llms import ChatMessage
 from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.schema import NodeWithScore
+from llama_index.core.tools import FunctionTool
+from llama_index.core.workflow import Context
 
 from ..agent import numbered_passages
 from .llama_index import NativeRetriever, to_messages
 
-__all__ = ["NativeMemoryBlock"]
+__all__ = ["SEARCH_DESCRIPTION", "NativeMemoryBlock", "native_retrieval_tool"]
+
+
+def up_to_last_question(messages: list[ChatMessage] | None) -> list[dict]:
+    """The conversation up to and with the user's last message (empty when there is none)."""
+    conversation = to_messages(messages or [])
+    users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
+    return conversation[: users[-1] + 1] if users else []
 
 
 class NativeMemoryBlock(BaseMemoryBlock[str]):
@@ -69,11 +80,9 @@ class NativeMemoryBlock(BaseMemoryBlock[str]):
         return list(self._last[1]) if self._last else []
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        conversation = to_messages(messages or [])
-        users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
-        if not users:
+        conversation = up_to_last_question(messages)
+        if not conversation:
             return ""
-        conversation = conversation[: users[-1] + 1]
         key = tuple((m["role"], m["content"]) for m in conversation)
         last = self._last
         if last is not None and last[0] == key:
@@ -85,3 +94,31 @@ class NativeMemoryBlock(BaseMemoryBlock[str]):
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
         """Nothing to store: the passages come from the index, the conversation from the ``Memory``."""
+
+
+#: The retrieval tool's description, as the LLM reads it.
+SEARCH_DESCRIPTION = (
+    "Search the documents for passages that answer the user's current question. The search reads the whole "
+    "conversation, so a short query is enough. Returns numbered passages."
+)
+
+
+def native_retrieval_tool(
+    retriever: NativeRetriever, *, name: str = "search_documents", description: str = SEARCH_DESCRIPTION
+) -> FunctionTool:
+    """A ``FunctionTool`` for ``FunctionAgent`` / ``ReActAgent`` / ``AgentWorkflow`` that retrieves for the
+    conversation in the workflow's memory (``ctx.store["memory"]``, up to the user's last message), through
+    ``retriever``; the ``query`` the LLM writes is used only when there is no memory or no user message in it.
+    The LLM reads the numbered passages; ``ToolOutput.raw_output`` holds the ``NodeWithScore``s."""
+    if not isinstance(retriever, NativeRetriever):
+        raise TypeError(f"native_retrieval_tool needs a NativeRetriever, got {type(retriever).__name__}.")
+
+    async def search(ctx: Context, query: str) -> list[NodeWithScore]:
+        memory = await ctx.store.get("memory", default=None)
+        conversation = up_to_last_question(await memory.aget_all() if memory is not None else [])
+        return await retriever.aretrieve_conversation(conversation or [{"role": "user", "content": query}])
+
+    async def passages(nodes: list[NodeWithScore]) -> str:
+        return numbered_passages(n.node.get_content() for n in nodes) or "No passages found."
+
+    return FunctionTool.from_defaults(async_fn=search, name=name, description=description, async_callback=passages)

@@ -1,5 +1,6 @@
-"""The LlamaIndex Memory block: passages for the conversation in the Memory, where Memory puts its blocks, in a
-FunctionAgent with no tool call, reused within a tool loop, sessions apart, bad input."""
+"""LlamaIndex agents: the Memory block (passages for the conversation in the Memory, where Memory puts its blocks,
+in a FunctionAgent with no tool call, reused within a tool loop) and the retrieval tool that reads the workflow's
+memory; bad input."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import asyncio
 
 import pytest
 from conftest import TOPICS, conversations, passage_text
-from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.llms import ChatMessage
 from llama_index.core.llms.mock import MockFunctionCallingLLMWithChatMemoryOfLastCall
 from llama_index.core.memory import Memory
+from llama_index.core.tools import ToolSelection
 
 from native_retriever import VectorIndex
 from native_retriever.agent import numbered_passages
 from native_retriever.integrations.llama_index import NativeEmbedding, NativeRetriever
-from native_retriever.integrations.llama_index_memory import NativeMemoryBlock
+from native_retriever.integrations.llama_index_agents import NativeMemoryBlock, native_retrieval_tool
 
 MULTI_TURN = [messages for _, messages, _ in conversations() if len(messages) > 2][:3]
 
@@ -104,3 +106,48 @@ def test_an_empty_memory_has_no_block_and_a_wrong_retriever_is_refused(retriever
     assert memory(retriever).get() == []
     with pytest.raises(ValueError, match="needs a native_retriever.integrations.llama_index.NativeRetriever"):
         NativeMemoryBlock(retriever="not a retriever")
+
+
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")
+def test_the_retrieval_tool_reads_the_conversation_in_the_workflow_memory(retriever):
+    messages = MULTI_TURN[0]
+    call = ToolSelection(tool_id="c1", tool_name="search_documents", tool_kwargs={"query": "it"})
+    replies = iter(
+        [
+            ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": [call]}),
+            ChatMessage(role="assistant", content="Done."),
+        ]
+    )
+    llm = MockFunctionCallingLLMWithChatMemoryOfLastCall(response_generator=lambda messages, **kw: next(replies))
+    agent = FunctionAgent(llm=llm, tools=[native_retrieval_tool(retriever)])
+    mem = Memory.from_defaults(session_id="tool")
+    mem.put_messages(chat_messages(messages[:-1]))
+
+    async def run():
+        handler = agent.run(messages[-1]["content"], memory=mem)
+        results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
+        await handler
+        return results
+
+    (result,) = asyncio.run(run())
+    ids, passages = expected(retriever, messages)  # the conversation's passages, not those of the query "it"
+    assert not result.tool_output.is_error, result.tool_output.content
+    assert [n.node.node_id for n in result.tool_output.raw_output] == ids
+    assert result.tool_output.content == passages
+
+
+def test_outside_a_workflow_memory_the_tool_searches_for_its_query(retriever):
+    tool = native_retrieval_tool(retriever)
+    question = MULTI_TURN[0][0]["content"]
+
+    class NoMemory:
+        class store:
+            @staticmethod
+            async def get(key, default=None):
+                return default
+
+    output = asyncio.run(tool.acall(ctx=NoMemory(), query=question))
+    assert [n.node.node_id for n in output.raw_output] == expected(retriever, [MULTI_TURN[0][0]])[0]
+    with pytest.raises(TypeError, match="needs a NativeRetriever"):
+        native_retrieval_tool("not a retriever")
