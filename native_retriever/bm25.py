@@ -114,11 +114,11 @@ class Hybrid:
     """
 
     weights: tuple[float, ...] = (0.5, 0.25)
-    standalone: float | None = None
     constant: int = 20
     depth: int = 100
     fusion: str = "rrf"
     stopwords: str = "en_plus"
+    standalone: float | None = None
 
     def __post_init__(self) -> None:
         weights = self.weights
