@@ -13,6 +13,7 @@ base weights.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +98,15 @@ def pool(states: torch.Tensor) -> torch.Tensor:
     return F.normalize(states.float().mean(dim=1), dim=-1)
 
 
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` while wrapping a model (a FutureWarning
+    from inside peft, about peft's own call): hidden, so wrapping the agent's model prints nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 class LatentEncoder:
     """A LoRA adapter on the agent's LLM that embeds conversations and documents in the latent view.
 
@@ -149,7 +159,8 @@ class LatentEncoder:
         config.llm = llm_info(model)  # before injection: the base weights' identity
         config.prompt_format = config.prompt_format or PromptFormat().to_dict()
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, cls.lora_config(config, model.config.num_hidden_layers))
+        with _quiet_peft():
+            peft_model = get_peft_model(model, cls.lora_config(config, model.config.num_hidden_layers))
         return cls(peft_model, tokenizer, config)
 
     @classmethod
@@ -178,7 +189,8 @@ class LatentEncoder:
         verify_folder(folder, "latent-adapter")
         if check_compatible:
             config.check_compatible(llm_info(model))
-        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        with _quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
         return cls(peft_model, tokenizer, config)
 
     @property
