@@ -344,6 +344,8 @@ def test_train_head_from_folders_is_train_head_as_one_call(tiny_data_folder, tin
         train_head_from_folders([tiny_data_folder], tiny_data_folder, max_train_queries=[3, 4], **missing)
     with pytest.raises(InvalidArgumentError, match="exactly one of dev"):
         train_head_from_folders(tiny_data_folder, tiny_data_folder, dev_holdout=2, **missing)
+    with pytest.raises(InvalidArgumentError, match=r"dev_holdout \(--dev-holdout\) 500: .* hold out between 1 and"):
+        train_head_from_folders(tiny_data_folder, dev_holdout=500, **missing)  # refused before the LLM loads
     with pytest.raises(DataFormatError, match="no-data does not exist"):  # not the missing LLM: data is read first
         train_head_from_folders(tmp_path / "no-data", tiny_data_folder, **missing)
     (tmp_path / "mine").mkdir()

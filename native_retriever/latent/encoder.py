@@ -28,7 +28,7 @@ from ..compat import cache_kwargs, output_cache
 from ..conversation import PromptFormat, encode_conversation, encode_document
 from ..errors import HeadFileError
 from ..extras import require
-from ..files import atomic_folder, recover, verify_folder
+from ..files import atomic_folder, reading, verify_folder
 from ..states import pad_token_id
 from .config import LatentConfig, check_k
 
@@ -178,19 +178,19 @@ class LatentEncoder:
 
         from ..models import llm_info
 
-        folder = recover(folder, "latent-adapter")
-        config = LatentConfig.load(folder)
-        for name in ADAPTER_FILES:
-            if not (folder / name).is_file():
-                raise HeadFileError(
-                    f"{folder / name} is missing; a latent adapter folder holds latent_config.json, "
-                    "adapter_config.json and adapter_model.safetensors (from `native-retriever train-latent`)."
-                )
-        verify_folder(folder, "latent-adapter")
-        if check_compatible:
-            config.check_compatible(llm_info(model))
-        with _quiet_peft():
-            peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        with reading(folder, "latent-adapter") as folder:  # a save into the same place waits for this load
+            config = LatentConfig.load(folder)
+            for name in ADAPTER_FILES:
+                if not (folder / name).is_file():
+                    raise HeadFileError(
+                        f"{folder / name} is missing; a latent adapter folder holds latent_config.json, "
+                        "adapter_config.json and adapter_model.safetensors (from `native-retriever train-latent`)."
+                    )
+            verify_folder(folder, "latent-adapter")
+            if check_compatible:
+                config.check_compatible(llm_info(model))
+            with _quiet_peft():
+                peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
         return cls(peft_model, tokenizer, config)
 
     @property

@@ -30,7 +30,7 @@ from ..conversation import PromptFormat, encode_conversation, history_text, repl
 from ..data import RetrievalData, load_data
 from ..errors import DataFormatError
 from ..extras import pip_line, require
-from ..files import atomic_file, atomic_folder, check_output_folder, recover
+from ..files import atomic_file, atomic_folder, check_output_folder, reading, recover, verify_folder
 from ..training.losses import InfoNCE, ScoreDistillation, contrastive_batch
 from ..training.schedule import cosine_warmup
 from .config import DEFAULT_TARGETS, LatentConfig, LatentConfigError, check_k
@@ -307,9 +307,12 @@ def load_checkpoint(folder: Path, encoder: LatentEncoder, optimizer, schedule) -
     """Restore a checkpoint written by :func:`save_checkpoint`; returns the loop state."""
     from peft import set_peft_model_state_dict
 
-    meta = json.loads((folder / "state.json").read_text())
-    set_peft_model_state_dict(encoder.peft_model, load_file(str(folder / "adapter.safetensors")))
-    moments = load_file(str(folder / "optimizer.safetensors"))
+    with reading(folder, "latent-checkpoint") as folder:  # whole: a save into the same place waits for this load
+        verify_folder(folder, "latent-checkpoint")
+        meta = json.loads((folder / "state.json").read_text())
+        adapter = load_file(str(folder / "adapter.safetensors"))
+        moments = load_file(str(folder / "optimizer.safetensors"))
+    set_peft_model_state_dict(encoder.peft_model, adapter)
     state: dict = {}
     for key, value in moments.items():
         index, name = key.split(".", 1)

@@ -73,6 +73,13 @@ def train_head_from_folders(
     # every data file is read before any model loads
     train_data = [load_data(folder, max_queries=n) for folder, n in zip(folders, limits)]
     dev_data = load_data(dev, max_queries=max_dev_queries, require_judged=True) if dev is not None else None
+    if dev_holdout is not None:
+        stories = len({q.get("story_id", q["id"]) for q in train_data[0].queries})
+        if not 0 < dev_holdout < stories:
+            raise InvalidArgumentError(
+                f"dev_holdout (--dev-holdout) {dev_holdout}: the training queries of {folders[0]} hold {stories} "
+                f"conversations (by story_id); hold out between 1 and {stories - 1}, or give a dev folder (--dev)."
+            )
     model, tokenizer = load_llm(llm, device=device)
     loaded_teacher = Teacher.from_pretrained(teacher, device=device)
     fmt = PromptFormat(max_tokens=max_tokens)
