@@ -43,7 +43,7 @@ def main() -> None:
         config = head.config
         if config.layers != first.layers or config.prompt_format != first.prompt_format:
             raise SystemExit(f"{name} reads other layers or another prompt format than {args.heads[0]}; score apart.")
-        views = _spans(split, TrainConfig(tokens=config.span, max_input_tokens=config.max_input_tokens))
+        views = _spans(split, TrainConfig(span=config.span, max_input_tokens=config.max_input_tokens))
         results[name] = {**dev_metrics(head, views, split), "held_out": config.metrics["dev"]}
         print(name, json.dumps(results[name]), flush=True)
     if args.output:

@@ -8,7 +8,7 @@ RUNS=${RUNS:-runs/heads}
 COMMON=(--train "$DATA/coqa-train" "$DATA/squad-nyt" "$DATA/squad-newwiki" --max-train-queries 3000 1500 1500
         --dev "$DATA/coqa-dev" --cache "$CACHE")
 # The full method (all three losses); the shipped head drops the contrastive loss, which won the ablation.
-CONTEXT=(--architecture attention --tokens all --max-input-tokens 384 --num-heads 4 --lr 2e-3 --epochs 12 --patience 4)
+CONTEXT=(--architecture attention --span all --max-input-tokens 384 --num-heads 4 --lr 2e-3 --epochs 12 --patience 4)
 
 run() {  # name, extra arguments
   local name=$1; shift
@@ -25,7 +25,7 @@ BIG=(--train "$DATA/coqa-train" "$DATA/squad-nyt" "$DATA/squad-newwiki" --max-tr
 case "${1:-all}" in
   shipped)
     native-retriever train-head "${BIG[@]}" --passage-queries 1230 2017 0 --output "$RUNS/passages"
-    run query --input-mode query --tokens query --architecture linear --lr 3e-3 --epochs 30 --patience 6
+    run query --input-mode query --span query --architecture linear --lr 3e-3 --epochs 30 --patience 6
     cp "$RUNS"/passages/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm/
     cp "$RUNS"/query/{config.json,head.safetensors} native_retriever/heads/smollm2-minilm-query/ ;;
   more-queries)  # without the passages, and without InfoNCE (as the first recipe): what the extra queries alone give
@@ -45,6 +45,6 @@ case "${1:-all}" in
     run context "${CONTEXT[@]}"
     run no-align "${CONTEXT[@]}" --align-weight 0
     run no-rank "${CONTEXT[@]}" --rank-weight 0
-    run linear-last-user --architecture linear --tokens last_user --lr 3e-3 --epochs 30 --patience 6 ;;
+    run linear-last-user --architecture linear --span last_user --lr 3e-3 --epochs 30 --patience 6 ;;
   *) "$0" shipped; "$0" ablation-shipped; "$0" more-queries; "$0" ablation ;;
 esac

@@ -260,7 +260,8 @@ def _add_models(parser: argparse.ArgumentParser) -> None:
 TRAIN_HELP = {
     "architecture": "head architecture: linear, attention (attention pooling) or transformer",
     "input_mode": "what the head reads: context (the conversation) or query (a generated search query's tokens)",
-    "tokens": "which token states the head reads: all, last_user (the last user message), last, or query",
+    "span": "which token states the head reads: all, last_user (the last user message), last, or query "
+    "(--tokens is the same option, its earlier name)",
     "layers": "LLM hidden-state layers the head reads, averaged (-1: the final normed layer)",
     "max_input_tokens": "the most recent token states the head reads",
     "pool_window": "transformer head: mean-pool this many consecutive tokens (counted from the end) first",
@@ -289,18 +290,21 @@ TRAIN_HELP = {
 }
 
 
+TRAIN_ALIASES = {"span": ["--tokens"]}  #: earlier flag names that still work
+
+
 def _add_train_config(parser: argparse.ArgumentParser) -> None:
     from .training.trainer import TrainConfig
 
     for field in dataclasses.fields(TrainConfig):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-"), *TRAIN_ALIASES.get(field.name, [])]
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         text = f"{TRAIN_HELP.get(field.name, field.name.replace('_', ' '))} (default {shown})"
         if isinstance(default, list):
-            parser.add_argument(flag, type=int, nargs="+", default=default, dest=field.name, help=text)
+            parser.add_argument(*flags, type=int, nargs="+", default=default, dest=field.name, help=text)
         else:
-            parser.add_argument(flag, type=type(default), default=default, dest=field.name, help=text)
+            parser.add_argument(*flags, type=type(default), default=default, dest=field.name, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:

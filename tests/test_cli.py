@@ -472,3 +472,12 @@ def test_commands_refuse_an_output_folder_they_did_not_write_before_any_model_lo
     if command != "train-head":  # a folder the package wrote, but of another kind
         _refused([*argv, str(head)], capsys, head, "holds a native-retriever head, not a", "refusing")
     assert sorted(os.listdir(tmp_path)) == ["docs", "head", "project"]
+
+
+def test_train_head_takes_span_and_its_earlier_name_tokens():
+    from native_retriever.cli import build_parser
+
+    base = ["train-head", "--train", "t", "--dev", "d", "-o", "out"]
+    assert build_parser().parse_args(base).span == "all"
+    assert build_parser().parse_args([*base, "--span", "last_user"]).span == "last_user"
+    assert build_parser().parse_args([*base, "--tokens", "last_user"]).span == "last_user"

@@ -25,7 +25,7 @@ from native_retriever.training.trainer import Split, TrainConfig, _spans, dev_me
 FMT = PromptFormat(max_tokens=256)
 SMALL = dict(
     architecture="linear",
-    tokens="last_user",
+    span="last_user",
     d_model=32,
     num_layers=1,
     num_heads=2,

@@ -31,7 +31,7 @@ class TrainConfig:
 
     architecture: str = "transformer"
     input_mode: str = "context"
-    tokens: str = "all"
+    span: str = "all"
     layers: list[int] = field(default_factory=lambda: [-1])
     max_input_tokens: int = 256
     pool_window: int = 1
@@ -98,7 +98,7 @@ class Split:
 def _spans(split: Split, config: TrainConfig) -> list[torch.Tensor]:
     views = []
     for i in range(len(split.states.ids)):
-        start, end = select_tokens(split.states.encoded(i), config.tokens, config.max_input_tokens)
+        start, end = select_tokens(split.states.encoded(i), config.span, config.max_input_tokens)
         views.append(split.states.example(i)[start:end])
     return views
 
@@ -219,7 +219,7 @@ def head_config(config: TrainConfig, llm: dict, teacher: dict, prompt_format: Pr
         output_dim=teacher["dim"],
         architecture=config.architecture,
         input_mode=config.input_mode,
-        span=config.tokens,  # the CLI's --tokens
+        span=config.span,
         layers=list(config.layers),
         max_input_tokens=config.max_input_tokens,
         pool_window=config.pool_window,
