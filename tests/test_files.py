@@ -242,13 +242,46 @@ def test_loads_during_saves_read_one_whole_version(tmp_path):
 # A server process: imports once, saves the two reference versions of each kind and times a save, then for each
 # "save KIND PATH LOG N EXCHANGE" forks a child that saves versions N, N+1, ... into PATH (version n: the data of
 # reference n % 2, marked n) and appends n to LOG after each completed save, until it is killed.
-SAVER = r"""
+# A latent training checkpoint's parts (a tiny LoRA-wrapped LLM, its optimizer with moments, a schedule): built the
+# same way by the saving process and by the test, which loads each surviving checkpoint with load_checkpoint.
+CHECKPOINT_PARTS = r"""
+import warnings
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+from native_retriever.latent.training import load_checkpoint, save_checkpoint
+
+def checkpoint_parts():
+    torch.manual_seed(0)
+    tiny = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2)
+    with warnings.catch_warnings():  # peft's own read of a deprecated transformers property
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(LlamaForCausalLM(tiny), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    encoder = type("Encoder", (), {"peft_model": peft_model})()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
+    peft_model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return encoder, optimizer, schedule
+"""
+
+SAVER = (
+    CHECKPOINT_PARTS
+    + r"""
 import json, os, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 import native_retriever.files as files
+from pathlib import Path
 from native_retriever.heads import HeadConfig, ProjectionHead
 from native_retriever.index import VectorIndex
+
+encoder, optimizer, schedule = checkpoint_parts()
+adapters = []  # version 1's adapter weights are version 0's, negated
+for v in (0, 1):
+    trained = [(n, p) for n, p in encoder.peft_model.named_parameters() if p.requires_grad]
+    adapters.append({n: p.detach().clone() * (1 - 2 * v) for n, p in trained})
 
 root = sys.argv[1]
 heads, indexes = [], []
@@ -267,6 +300,12 @@ def save(kind, n, path):
     if kind == "head":
         heads[n % 2].config.training = {"n": n}
         heads[n % 2].save_pretrained(path)
+    elif kind == "checkpoint":
+        with torch.no_grad():
+            for name, p in encoder.peft_model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(adapters[n % 2][name])
+        save_checkpoint(Path(path), encoder, optimizer, schedule, {"n": n})
     else:
         indexes[n % 2].info = {"n": n}
         indexes[n % 2].save(path)
@@ -282,7 +321,7 @@ def first_save_in_a_child(kind, n, path):
     return time.perf_counter() - start
 
 timing = {}
-for kind in ("head", "index"):
+for kind in ("head", "index", "checkpoint"):
     for v in (0, 1):
         save(kind, v, os.path.join(root, f"ref-{kind}-{v}"))
     runs = [first_save_in_a_child(kind, n, os.path.join(root, f"timing-{kind}")) for n in range(4)]
@@ -309,6 +348,7 @@ for line in sys.stdin:
             os._exit(3)
     print(pid, flush=True)
 """
+)
 
 
 def _ask(proc: subprocess.Popen, line: str | None = None, timeout: float = 30.0) -> str:
@@ -322,16 +362,29 @@ def _ask(proc: subprocess.Popen, line: str | None = None, timeout: float = 30.0)
     return reply.strip()
 
 
+_CHECKPOINT: dict = {}
+
+
+def _checkpoint_parts():
+    if not _CHECKPOINT:
+        exec(CHECKPOINT_PARTS, _CHECKPOINT)
+    return _CHECKPOINT["checkpoint_parts"]()
+
+
 def _loaded_version(kind: str, target: Path, ref: dict[int, Path]) -> int | None:
     """The version at ``target`` after checking it is whole and equal to its reference; None when there is none."""
     try:
         if kind == "index":
             n = VectorIndex.load(target).info["n"]
             same = ("index.faiss", "records.jsonl")
+        elif kind == "checkpoint":
+            parts = _checkpoint_parts()
+            n = _CHECKPOINT["load_checkpoint"](target, *parts)["n"]
+            same = ("adapter.safetensors", "optimizer.safetensors")
         else:
             n = ProjectionHead.from_pretrained(target).config.training["n"]
             same = ("head.safetensors",)
-    except FolderFileError:
+    except (FolderFileError, FileNotFoundError):  # a checkpoint load of a missing folder finds no state.json
         if target.exists():
             raise
         return None
@@ -350,7 +403,7 @@ def test_saves_killed_at_random_moments_leave_the_old_or_the_new_version(tmp_pat
     rng = random.Random(14)
     try:
         timing = json.loads(_ask(proc, timeout=180))
-        for kind, kills in (("index", 30), ("head", 25)):
+        for kind, kills in (("index", 30), ("head", 25), ("checkpoint", 20)):
             ref = {v: tmp_path / f"ref-{kind}-{v}" for v in (0, 1)}
             target, log = tmp_path / kind / "saved", tmp_path / f"{kind}.log"
             last, mid_save = None, 0
