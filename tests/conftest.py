@@ -68,6 +68,22 @@ def passage_text(topic: tuple[str, ...]) -> str:
     )
 
 
+def topic_index(embedder):
+    """A ``VectorIndex`` of the TOPICS passages through ``embedder``'s teacher: ids ``d0``, ``d1``, ..., metadata
+    ``{"n": i}``."""
+    from native_retriever import VectorIndex
+
+    texts = [passage_text(topic) for topic in TOPICS]
+    index = VectorIndex(embedder.dimension)
+    index.add(
+        [f"d{i}" for i in range(len(texts))],
+        embedder.embed_documents(texts),
+        texts,
+        [{"n": i} for i in range(len(texts))],
+    )
+    return index
+
+
 def conversations() -> list[tuple[str, list[dict], int]]:
     """About forty (query id, messages, topic index) with 1-3 user turns; the last question is about the topic."""
     rng = random.Random(7)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TOPICS, conversations, passage_text
+from conftest import conversations, topic_index
 from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -22,7 +22,6 @@ from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 from langgraph.checkpoint.memory import InMemorySaver
 
-from native_retriever import VectorIndex
 from native_retriever.errors import ConversationError
 from native_retriever.integrations.langchain import NativeEmbeddings, NativeRetriever
 from native_retriever.integrations.langchain_agents import (
@@ -58,14 +57,7 @@ def model(*replies: str | AIMessage) -> RecordingChatModel:
 
 @pytest.fixture(scope="module")
 def retriever(embedder) -> NativeRetriever:
-    index = VectorIndex(embedder.dimension)
-    texts = [passage_text(topic) for topic in TOPICS]
-    index.add(
-        [f"d{i}" for i in range(len(texts))],
-        embedder.embed_documents(texts),
-        texts,
-        [{"n": i} for i in range(len(texts))],
-    )
+    index = topic_index(embedder)
     return NativeRetriever(embeddings=NativeEmbeddings(embedder), store=index, k=3)
 
 

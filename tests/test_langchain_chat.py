@@ -7,7 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import TOPICS, conversations, passage_text
+from conftest import conversations, topic_index
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
@@ -27,14 +27,7 @@ def as_langchain(messages: list[dict]) -> list:
 
 @pytest.fixture(scope="module")
 def index(embedder) -> VectorIndex:
-    index = VectorIndex(embedder.dimension)
-    texts = [passage_text(topic) for topic in TOPICS]
-    index.add(
-        [f"d{i}" for i in range(len(texts))],
-        embedder.embed_documents(texts),
-        texts,
-        [{"n": i} for i in range(len(texts))],
-    )
+    index = topic_index(embedder)
     return index
 
 

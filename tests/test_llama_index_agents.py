@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import TOPICS, conversations, passage_text
+from conftest import conversations, topic_index
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.llms import ChatMessage
 from llama_index.core.llms.mock import MockFunctionCallingLLMWithChatMemoryOfLastCall
 from llama_index.core.memory import Memory
 from llama_index.core.tools import ToolSelection
 
-from native_retriever import VectorIndex
 from native_retriever.agent import numbered_passages
 from native_retriever.integrations.llama_index import NativeEmbedding, NativeRetriever
 from native_retriever.integrations.llama_index_agents import NativeMemoryBlock, native_retrieval_tool
@@ -28,9 +27,7 @@ def chat_messages(messages: list[dict]) -> list[ChatMessage]:
 
 @pytest.fixture(scope="module")
 def retriever(embedder) -> NativeRetriever:
-    index = VectorIndex(embedder.dimension)
-    texts = [passage_text(topic) for topic in TOPICS]
-    index.add([f"d{i}" for i in range(len(texts))], embedder.embed_documents(texts), texts)
+    index = topic_index(embedder)
     return NativeRetriever(index, NativeEmbedding(embedder), similarity_top_k=3)
 
 
