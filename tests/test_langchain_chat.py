@@ -36,6 +36,17 @@ def chat(embedder, index) -> NativeChatModel:
     return NativeChatModel(embedder=embedder, index=index, k=3, max_new_tokens=TOKENS)
 
 
+def _scripted(*replies):
+    """A chat model that answers with ``replies`` in turn (GenericFakeChatModel, with tools bound as a no-op)."""
+    from langchain_core.language_models import GenericFakeChatModel
+
+    class Scripted(GenericFakeChatModel):
+        def bind_tools(self, tools, **kwargs):
+            return self
+
+    return Scripted(messages=iter([r if isinstance(r, AIMessage) else AIMessage(r) for r in replies]))
+
+
 def ids(message) -> list[str]:
     return [d["id"] for d in message.response_metadata["retrieved_documents"]]
 
@@ -109,3 +120,28 @@ def test_tools_and_bad_settings_are_refused_with_the_fix(chat, embedder, index):
         NativeChatModel(embedder=embedder, index=index, k=0)
     with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
         NativeChatModel(embedder=embedder, index=index, max_new_tokens=0)
+
+
+def test_every_langchain_way_in_retrieves_the_same_passages(chat, embedder, index):
+    """The middleware, the chat model, the search tool and NativeEmbedder + VectorIndex directly: same ids, same
+    order, on the same conversation."""
+    from langchain_core.messages import ToolMessage
+
+    from native_retriever.conversation import lexical_queries
+    from native_retriever.integrations.langchain import NativeEmbeddings, NativeRetriever
+    from native_retriever.integrations.langchain_agents import NativeRetrievalMiddleware, native_search_tool
+
+    retriever = NativeRetriever(embeddings=NativeEmbeddings(embedder), store=index, k=3)
+    for messages in CONVERSATIONS:
+        direct = [
+            h.id for h in index.search(embedder.embed_conversation(messages), k=3, texts=[lexical_queries(messages)])[0]
+        ]
+        through_chat = ids(chat.invoke(as_langchain(messages)))
+        middleware = NativeRetrievalMiddleware(retriever).before_model({"messages": as_langchain(messages)}, None)
+        call = {"name": "search_documents", "args": {"query": "x"}, "id": "c", "type": "tool_call"}
+        tool_agent = create_agent(
+            _scripted(AIMessage("", tool_calls=[call]), "ok"), tools=[native_search_tool(retriever)]
+        )
+        state = tool_agent.invoke({"messages": as_langchain(messages)})
+        through_tool = [d.id for d in next(m for m in state["messages"] if isinstance(m, ToolMessage)).artifact]
+        assert direct == through_chat == [d["id"] for d in middleware["retrieved_documents"]] == through_tool
