@@ -102,6 +102,12 @@ class NativeChatModel(BaseChatModel):
         yield ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=metadata))
         answer: list[int] = []
         text = ""  # what was yielded: the decoded answer up to its last whole character, as TextStreamer does
+
+        def chunk(delta: str) -> ChatGenerationChunk:
+            if run_manager:
+                run_manager.on_llm_new_token(delta)
+            return ChatGenerationChunk(message=AIMessageChunk(content=delta))
+
         for token in stream_greedy(model, tokenizer, ready.prompt, ready.cache, self.max_new_tokens):
             answer.append(token)
             decoded = tokenizer.decode(answer, skip_special_tokens=True).lstrip()
@@ -111,17 +117,13 @@ class NativeChatModel(BaseChatModel):
             delta = (decoded[:cut] if cut >= 0 else decoded)[len(text) :]
             if delta:
                 text += delta
-                if run_manager:
-                    run_manager.on_llm_new_token(delta)
-                yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
+                yield chunk(delta)
             if cut >= 0:
                 break
-        else:
+        else:  # the answer ended: what a held-back split character became
             delta = tokenizer.decode(answer, skip_special_tokens=True).lstrip()[len(text) :]
             if delta:
-                if run_manager:
-                    run_manager.on_llm_new_token(delta)
-                yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
+                yield chunk(delta)
         usage = {"input_tokens": len(ready.prompt), "output_tokens": len(answer)}
         usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, chunk_position="last"))
