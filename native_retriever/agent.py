@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from .index import VectorIndex
     from .teacher import Teacher
 
+#: What a search tool tells the model it does (the LangChain and LlamaIndex search tools).
+SEARCH_DESCRIPTION = (
+    "Search the documents for passages that answer the user's current question. The search reads the whole "
+    "conversation, so a short query is enough. Returns numbered passages."
+)
 ANSWER_SYSTEM_PROMPT = "Answer the user's last question in one short sentence, using only these passages:"
 
 

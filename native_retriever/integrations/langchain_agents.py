@@ -41,7 +41,7 @@ from langchain_core.messages import BaseMessage, SystemMessage, ToolMessage
 from langchain_core.tools import StructuredTool
 from typing_extensions import NotRequired
 
-from ..agent import numbered_passages
+from ..agent import SEARCH_DESCRIPTION, numbered_passages
 from ..errors import ConversationError
 from .langchain import NativeRetriever, message_text
 
@@ -144,13 +144,6 @@ class NativeRetrievalMiddleware(AgentMiddleware[NativeRetrievalState]):
     ) -> ModelResponse:
         """Async :meth:`wrap_model_call`."""
         return await handler(self._with_passages(request))
-
-
-#: The search tool's description, as the model reads it.
-SEARCH_DESCRIPTION = (
-    "Search the documents for passages that answer the user's current question. The search reads the whole "
-    "conversation, so a short query is enough. Returns numbered passages."
-)
 
 
 def _asked(runtime: ToolRuntime | None, query: str) -> tuple[str, list[BaseMessage] | None]:

@@ -37,7 +37,7 @@ from llama_index.core.schema import NodeWithScore
 from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context
 
-from ..agent import numbered_passages
+from ..agent import SEARCH_DESCRIPTION, numbered_passages
 from .llama_index import NativeRetriever, to_messages
 
 __all__ = ["SEARCH_DESCRIPTION", "NativeMemoryBlock", "native_retrieval_tool"]
@@ -94,13 +94,6 @@ class NativeMemoryBlock(BaseMemoryBlock[str]):
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
         """Nothing to store: the passages come from the index, the conversation from the ``Memory``."""
-
-
-#: The retrieval tool's description, as the LLM reads it.
-SEARCH_DESCRIPTION = (
-    "Search the documents for passages that answer the user's current question. The search reads the whole "
-    "conversation, so a short query is enough. Returns numbered passages."
-)
 
 
 def native_retrieval_tool(
