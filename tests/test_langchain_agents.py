@@ -249,3 +249,21 @@ def test_the_create_agent_example_retrieves_each_turns_passage_first():
         ]
         assert len(retrieved) == 3 and retrieved[0] == expected_title, turn
         assert "Assistant: " in turn
+
+
+def test_the_retrieval_is_a_child_run_of_the_agent_so_callbacks_see_it(retriever):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Seen(BaseCallbackHandler):
+        def __init__(self):
+            self.retrievals = []
+
+        def on_retriever_end(self, documents, *, run_id, parent_run_id=None, **kwargs):
+            self.retrievals.append((parent_run_id, [d.id for d in documents]))
+
+    seen = Seen()
+    messages = MULTI_TURN[0]
+    agent = create_agent(model("ok"), middleware=[NativeRetrievalMiddleware(retriever)])
+    state = agent.invoke({"messages": as_langchain(messages)}, {"callbacks": [seen]})
+    assert [ids for _, ids in seen.retrievals] == [[d["id"] for d in state["retrieved_documents"]]]
+    assert seen.retrievals[0][0] is not None  # nested under the agent's run, not a run of its own
