@@ -38,7 +38,7 @@ from ..bm25 import DEFAULT_HYBRID, Hybrid
 from ..conversation import lexical_queries
 from ..embedder import NativeEmbedder
 from ..errors import ConversationError, DimensionMismatchError
-from ..index import VectorIndex
+from ..index import SearchHit, VectorIndex
 from ..protocols import Embedder, missing_members
 
 __all__ = [
@@ -121,6 +121,18 @@ def bind_conversation(history: Sequence | None) -> contextlib.AbstractContextMan
     inside the block and LangChain's ``run_in_executor`` / ``asyncio.to_thread``, but not threads started by hand.
     """
     return _BOUND.bind(history)
+
+
+# -- documents ----------------------------------------------------------------------------------------------------
+def hit_document(hit: SearchHit, score_key: str = "score") -> Document:
+    """A search hit of our index as a LangChain ``Document``, its score in ``metadata[score_key]``."""
+    return Document(id=hit.id, page_content=hit.text, metadata={**hit.metadata, score_key: hit.score})
+
+
+def document_record(document: Document) -> dict[str, Any]:
+    """A ``Document`` as the plain dict agents keep in their state and messages: ``id``, ``page_content``,
+    ``metadata`` (JSON-ready for checkpointers)."""
+    return document.model_dump(include={"id", "page_content", "metadata"})
 
 
 # -- the LLM the user already has -------------------------------------------------------------------------------
@@ -311,7 +323,7 @@ class NativeRetriever(BaseRetriever):
             hybrid = self.hybrid
             texts = [lexical_queries(with_question(history, query), hybrid.texts)] if hybrid else None
             hits = self.store.search(vector, k=k, texts=texts, hybrid=hybrid)[0]
-            return [Document(id=h.id, page_content=h.text, metadata={**h.metadata, key: h.score}) for h in hits]
+            return [hit_document(h, key) for h in hits]
         if callable(getattr(self.store, "similarity_search_with_score_by_vector", None)):
             pairs = self.store.similarity_search_with_score_by_vector(vector, k=k)
         else:

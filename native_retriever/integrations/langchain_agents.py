@@ -43,7 +43,7 @@ from typing_extensions import NotRequired
 
 from ..agent import SEARCH_DESCRIPTION, numbered_passages
 from ..errors import ConversationError
-from .langchain import NativeRetriever, message_text
+from .langchain import NativeRetriever, document_record, message_text
 
 __all__ = [
     "CONTEXT_PROMPT",
@@ -103,7 +103,7 @@ class NativeRetrievalMiddleware(AgentMiddleware[NativeRetrievalState]):
 
     @staticmethod
     def _update(documents: list[Document]) -> dict[str, Any]:
-        return {"retrieved_documents": [d.model_dump(include={"id", "page_content", "metadata"}) for d in documents]}
+        return {"retrieved_documents": [document_record(d) for d in documents]}
 
     def before_model(self, state: NativeRetrievalState, runtime: Any) -> dict[str, Any] | None:
         """Retrieve for the current user message into ``retrieved_documents``."""

@@ -37,7 +37,7 @@ from ..agent import native_prompt, stream_greedy
 from ..bm25 import DEFAULT_HYBRID, Hybrid
 from ..embedder import NativeEmbedder
 from ..index import VectorIndex
-from .langchain import _check_k, to_chat_messages
+from .langchain import _check_k, document_record, hit_document, to_chat_messages
 
 __all__ = ["NativeChatModel"]
 
@@ -95,9 +95,7 @@ class NativeChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         model, tokenizer = self.embedder.model, self.embedder.tokenizer
         ready = native_prompt(self.embedder, self.index, to_chat_messages(messages), self.k, self.hybrid)
-        documents = [
-            {"id": h.id, "page_content": h.text, "metadata": {**h.metadata, "score": h.score}} for h in ready.hits
-        ]
+        documents = [document_record(hit_document(h)) for h in ready.hits]
         metadata = {"retrieved_documents": documents, "timings_ms": ready.timings, "model_name": model.name_or_path}
         yield ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=metadata))
         answer: list[int] = []
