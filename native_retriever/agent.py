@@ -32,6 +32,7 @@ from .conversation import (
 from .errors import ConversationError
 from .index import SearchHit
 from .states import pad_token_id
+from .turn_cache import ConversationCache, KeptConversation
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -167,13 +168,27 @@ def _finish(tokenizer: PreTrainedTokenizerBase, answer_ids: list[int]) -> str:
 
 @dataclass
 class NativePrompt:
-    """A conversation prefilled once, its passages retrieved and appended: the answer continues on ``cache``."""
+    """A conversation prefilled once, its passages retrieved and appended: the answer continues on ``cache``.
+
+    ``prefilled_tokens``: how many of ``prompt``'s tokens this turn ran through the model (fewer than the prompt
+    when a kept conversation's cache was continued; its last token is run by the first decoding step).
+    """
 
     prompt: list[int]  # everything before the answer; the cache holds all of it but the last token
     cache: DynamicCache
     hits: list[SearchHit]
     vector: np.ndarray = field(repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    prefilled_tokens: int = 0
+    conversation: KeptConversation | None = field(default=None, repr=False)
+
+    def keep(self, conversations: ConversationCache | None) -> None:
+        """After the answer: cut the cache back to the conversation and keep it in ``conversations`` for the next
+        turn (the answer will come back as a message of the conversation; the passages will not)."""
+        if conversations is not None and self.conversation is not None:
+            kept, self.conversation = self.conversation, None
+            kept.cut(len(kept.ids))
+            conversations.put(kept)
 
 
 def native_prompt(
@@ -182,24 +197,38 @@ def native_prompt(
     messages: Sequence,
     k: int = 3,
     hybrid: Hybrid | None = DEFAULT_HYBRID,
+    conversations: ConversationCache | None = None,
 ) -> NativePrompt:
     """The retrieval half of :func:`native_turn`: one prefill of the conversation gives the query vector (capture)
-    and the cache; the passages found are appended to it as a tool call and result."""
+    and the cache; the passages found are appended to it as a tool call and result.
+
+    ``conversations``: continue the cache of a kept earlier turn of this conversation (only the new tokens are
+    prefilled); call ``keep(conversations)`` on the result once the answer is decoded.
+    """
     model, tokenizer = embedder.model, embedder.tokenizer
     clock = _Clock()
     kept, encoded = formatted_messages(embedder, messages)
-    with embedder.capture() as cap:
-        cache = prefill(model, encoded.input_ids)
+    ids = encoded.input_ids
+    before = conversations.take(ids) if conversations is not None else None
+    start = len(before.ids) if before is not None else 0
+    cache = before.cache if before is not None else DynamicCache(config=model.config)
+    with embedder.capture(extend=True) as cap:
+        prefill(model, ids[start:], cache)
+    states = cap.require_prefill().states[0]
+    if before is not None:
+        states = torch.cat([before.states, states])
+    states = states[-embedder.head.config.max_input_tokens :]
     clock.lap("prefill")
-    vector = cap.vectors([encoded])
+    vector = embedder.head_vectors([states], [encoded], [len(ids) - len(states)])
     clock.lap("head")
     texts = [lexical_queries(messages, hybrid.texts)] if hybrid else None
     hits = index.search(vector, k=k, texts=texts, hybrid=hybrid)[0]
     clock.lap("search")
-    prompt = encoded.input_ids + appended_ids(tokenizer, kept, encoded.input_ids, tool_messages(hits))
-    prefill(model, prompt[len(encoded.input_ids) : -1], cache)
+    prompt = ids + appended_ids(tokenizer, kept, ids, tool_messages(hits))
+    prefill(model, prompt[len(ids) : -1], cache)
     clock.lap("passages_prefill")
-    return NativePrompt(prompt, cache, hits, vector[0], clock.timings)
+    conversation = KeptConversation(list(ids), cache, states)
+    return NativePrompt(prompt, cache, hits, vector[0], clock.timings, len(prompt) - start, conversation)
 
 
 def native_turn(
@@ -210,6 +239,7 @@ def native_turn(
     max_new_tokens: int = 48,
     min_new_tokens: int = 0,
     hybrid: Hybrid | None = DEFAULT_HYBRID,
+    conversations: ConversationCache | None = None,
 ) -> Turn:
     """Retrieve and answer with one prefill of the conversation.
 
@@ -217,13 +247,15 @@ def native_turn(
     prefill's states (``embedder.capture``); the passages are appended as a tool call and result in the chat
     template and the answer is generated on the same KV cache (:func:`native_prompt`). The search fuses the head's
     vector with BM25 on the conversation's last user messages (``hybrid``, see :class:`~native_retriever.bm25.Hybrid`;
-    None: the vector alone). Timings: ``prefill`` (formatting included), ``head``, ``search``,
+    None: the vector alone). ``conversations``: keep the conversation's cache for its next turn (see
+    :mod:`native_retriever.turn_cache`). Timings: ``prefill`` (formatting included), ``head``, ``search``,
     ``passages_prefill`` (the appended tokens), ``answer`` (decoding).
     """
     model, tokenizer = embedder.model, embedder.tokenizer
-    ready = native_prompt(embedder, index, messages, k, hybrid)
+    ready = native_prompt(embedder, index, messages, k, hybrid, conversations)
     started = time.perf_counter()
     answer_ids = continue_greedy(model, tokenizer, ready.prompt, ready.cache, max_new_tokens, min_new_tokens)
+    ready.keep(conversations)
     timings = {**ready.timings, "answer": 1000 * (time.perf_counter() - started)}
     return Turn(_finish(tokenizer, answer_ids), ready.hits, timings, answer_ids, ready.prompt, vector=ready.vector)
 
@@ -243,18 +275,22 @@ def stream_greedy(
     input_ids: Sequence[int],
     cache: DynamicCache,
     max_new_tokens: int,
+    min_new_tokens: int = 0,
 ) -> Iterator[int]:
-    """Greedy tokens after ``input_ids`` one at a time, as they are decoded (the end-of-turn token not included);
-    the first ``cache.get_seq_length()`` tokens of ``input_ids`` are already in ``cache``."""
+    """Greedy tokens after ``input_ids`` one at a time, as they are decoded (the end-of-turn token not included, and
+    not chosen before ``min_new_tokens``); the first ``cache.get_seq_length()`` tokens of ``input_ids`` are already
+    in ``cache``."""
     pending = list(input_ids[cache.get_seq_length() :])
     if not pending:
         raise ValueError("The cache covers the whole prompt; leave at least its last token out of the prefill.")
     stops = stop_token_ids(model, tokenizer)
     device = _device(model)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         ids = torch.tensor([pending], device=device)
-        logits = model(input_ids=ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits
-        token = int(logits[0, -1].argmax())
+        logits = model(input_ids=ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits[0, -1]
+        if step < min_new_tokens:
+            logits[list(stops)] = float("-inf")
+        token = int(logits.argmax())
         if token in stops:
             return
         yield token

@@ -87,10 +87,13 @@ class HiddenStateCapture:
     """Forward hooks keeping the averaged ``layers`` states of the last prefill of ``model`` (a causal LM).
 
     ``keep`` bounds how many trailing positions are kept when every row ends at the last position (left padding
-    or none); with right padding all positions are kept.
+    or none); with right padding all positions are kept. ``extend``: also record calls that extend a cache (their
+    states are those of the new positions only), for a caller that keeps a conversation's cache between turns.
     """
 
-    def __init__(self, model: PreTrainedModel, layers: Sequence[int], keep: int | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, layers: Sequence[int], keep: int | None = None, extend: bool = False
+    ) -> None:
         self.model = model
         self.base = getattr(model, "base_model", model)
         num_layers = int(model.config.num_hidden_layers)
@@ -99,6 +102,7 @@ class HiddenStateCapture:
         self.indices = sorted(self.counts)
         self.num_layers = num_layers
         self.keep = keep
+        self.extend = extend
         self.prefill: Prefill | None = None
         self.prefills_seen = 0
         self._handles: list = []
@@ -151,7 +155,7 @@ class HiddenStateCapture:
         if threading.get_ident() != self._thread:
             return  # another thread's call: its own capture (if any) records it; ours is left as it is
         self._pending = None
-        if _past_length(call_cache(kwargs)) > 0:
+        if not self.extend and _past_length(call_cache(kwargs)) > 0:
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
@@ -215,9 +219,9 @@ class ConversationCapture(HiddenStateCapture):
     The embedder's lock is held while the block runs, so its own calls from other threads wait.
     """
 
-    def __init__(self, embedder) -> None:
+    def __init__(self, embedder, extend: bool = False) -> None:
         config = embedder.head.config
-        super().__init__(embedder.model, config.layers, keep=config.max_input_tokens)
+        super().__init__(embedder.model, config.layers, keep=config.max_input_tokens, extend=extend)
         self.embedder = embedder
         self._locked = False
 

@@ -34,3 +34,13 @@ def output_cache(output):
 def call_cache(kwargs: dict):
     """The key-value cache a forward call was given, under either name (for forward hooks)."""
     return kwargs["cache"] if kwargs.get("cache") is not None else kwargs.get("past_key_values")
+
+
+def crop_cache(cache, length: int) -> None:
+    """Cut ``cache`` back to its first ``length`` positions (transformers 5 takes the number of positions to
+    remove, as a negative int; earlier versions the length to keep)."""
+    parameters = inspect.signature(cache.crop).parameters
+    if "tokens_to_remove" in parameters:
+        cache.crop(length - cache.get_seq_length())
+    else:
+        cache.crop(length)

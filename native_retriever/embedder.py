@@ -103,11 +103,21 @@ class NativeEmbedder:
         """The formatted, window-cut token ids of a conversation (the head's prompt format)."""
         return encode_conversation(self.tokenizer, messages, self.prompt_format, query=query)
 
-    def head_vectors(self, states: Sequence[torch.Tensor], encoded: Sequence[EncodedConversation]) -> np.ndarray:
-        """Run the head on full-sequence token states (from any prefill of the same token ids)."""
+    def head_vectors(
+        self,
+        states: Sequence[torch.Tensor],
+        encoded: Sequence[EncodedConversation],
+        offsets: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Run the head on token states (from any prefill of the same token ids): ``states[i]`` holds positions
+        ``offsets[i]`` (default 0) to the end of ``encoded[i]``, which must cover the head's span."""
         config = self.head.config
+        offsets = offsets or [0] * len(encoded)
         spans = [select_tokens(e, config.span, config.max_input_tokens) for e in encoded]
-        picked = [s[a:b].to(next(self.head.parameters()).dtype) for s, (a, b) in zip(states, spans)]
+        if any(a < offset for (a, _), offset in zip(spans, offsets)):
+            raise ValueError("The states given start after the head's span; pass states from earlier positions.")
+        dtype = next(self.head.parameters()).dtype
+        picked = [s[a - o : b - o].to(dtype) for s, (a, b), o in zip(states, spans, offsets)]
         batch, mask = pad_states(picked)
         with torch.inference_mode():
             return self.head(batch, mask).cpu().numpy().astype(np.float32)
@@ -180,13 +190,14 @@ class NativeEmbedder:
                 f"or load a head trained for {mode!r}."
             )
 
-    def capture(self):
+    def capture(self, extend: bool = False):
         """Observe the agent's own next prefill of ``self.model`` and embed it with the head, no extra LLM pass.
 
         ``with embedder.capture() as cap: out = model.generate(**batch)``, then ``cap.vectors()`` (B, D). The prompt
         must be ``self.tokenize(messages).input_ids`` (batches left-padded). See ``native_retriever.capture``.
+        ``extend``: record a call that extends a cache too (``native_retriever.turn_cache`` keeps the states before).
         """
-        return ConversationCapture(self)
+        return ConversationCapture(self, extend=extend)
 
     # -- document side ----------------------------------------------------------------------------------------
     def embed_documents(
