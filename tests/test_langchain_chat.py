@@ -14,6 +14,8 @@ from langchain_core.tools import tool
 
 from native_retriever import VectorIndex
 from native_retriever.agent import native_turn
+from native_retriever.errors import ConversationError
+from native_retriever.integrations.langchain import to_chat_messages
 from native_retriever.integrations.langchain_chat import NativeChatModel
 
 CONVERSATIONS = [messages for _, messages, _ in conversations()][:4]
@@ -114,12 +116,14 @@ def test_tools_and_bad_settings_are_refused_with_the_fix(chat, embedder, index):
         """Look a name up."""
         return name
 
-    with pytest.raises(NotImplementedError, match="NativeRetrievalMiddleware"):
+    with pytest.raises(ConversationError, match="does not render tools.*NativeRetrievalMiddleware"):
         chat.bind_tools([lookup])
     with pytest.raises(ValueError, match="k must be a positive integer"):
         NativeChatModel(embedder=embedder, index=index, k=0)
-    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1"):
         NativeChatModel(embedder=embedder, index=index, max_new_tokens=0)
+    with pytest.raises(ValueError, match="max_conversations must be an integer >= 0"):
+        NativeChatModel(embedder=embedder, index=index, max_conversations=-1)
 
 
 def test_every_langchain_way_in_retrieves_the_same_passages(chat, embedder, index):
@@ -145,3 +149,25 @@ def test_every_langchain_way_in_retrieves_the_same_passages(chat, embedder, inde
         state = tool_agent.invoke({"messages": as_langchain(messages)})
         through_tool = [d.id for d in next(m for m in state["messages"] if isinstance(m, ToolMessage)).artifact]
         assert direct == through_chat == [d["id"] for d in middleware["retrieved_documents"]] == through_tool
+
+
+def test_a_checkpointed_thread_prefills_only_each_turns_new_tokens(embedder, index):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    kept = NativeChatModel(embedder=embedder, index=index, max_new_tokens=TOKENS)
+    fresh = NativeChatModel(embedder=embedder, index=index, max_new_tokens=TOKENS, max_conversations=0)
+    agent = create_agent(kept, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t1"}}
+    questions = ["Tell me about the Mirravel river.", "When should I visit it?", "What grows there?"]
+    for turn, question in enumerate(questions):
+        state = agent.invoke({"messages": [{"role": "user", "content": question}]}, config)
+        answer = state["messages"][-1]
+        usage, metadata = answer.usage_metadata, answer.response_metadata
+        if turn == 0:
+            assert metadata["prefilled_tokens"] == usage["input_tokens"]
+        else:  # the previous turn's conversation comes from the kept cache
+            previous = embedder.tokenize(to_chat_messages(state["messages"][:-3])).input_ids
+            assert metadata["prefilled_tokens"] == usage["input_tokens"] - len(previous)
+        again = fresh.invoke(state["messages"][:-1])
+        assert again.response_metadata["prefilled_tokens"] == again.usage_metadata["input_tokens"]
+        assert again.content == answer.content and ids(again) == ids(answer)

@@ -10,9 +10,14 @@ continues from it. No second model, no second pass over the conversation::
     message.response_metadata["retrieved_documents"]   # [{"id", "page_content", "metadata"}]
     for chunk in chat.stream(messages): ...            # tokens as they are decoded; ainvoke / astream too
 
-It is a ``BaseChatModel``: callbacks, tracing, ``create_agent`` (without tools) and LangGraph work as for any chat
-model. Decoding is greedy. Tool calling is not supported yet: ``bind_tools`` refuses and points to
-``NativeRetrievalMiddleware`` for agents with tools.
+Each recent conversation's cache is kept between its turns (``max_conversations``, see
+:mod:`native_retriever.turn_cache`): the next turn prefills only the previous answer and the new message.
+
+Without an index it is a plain local chat model, with tool calling (``bind_tools``) for models whose chat template
+renders tools (Qwen2.5, Llama-3.1): ``<tool_call>`` JSON is parsed into ``AIMessage.tool_calls``, ``ToolMessage``s
+are rendered back through the template. Pair it with ``NativeRetrievalMiddleware`` or ``native_search_tool`` for a
+tool-calling agent that retrieves natively. It is a ``BaseChatModel``: callbacks, tracing, ``create_agent`` and
+LangGraph work as for any chat model. Decoding is greedy.
 
 Needs the ``langchain`` extra: ``pip install "native-retriever[langchain]"``.
 """
@@ -24,50 +29,91 @@ from . import require
 
 require("langchain_core", "langchain")
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, field_validator
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, PrivateAttr, field_validator
 
-from ..agent import native_prompt, stream_greedy
+from ..agent import native_prompt, prefill, stream_greedy
 from ..bm25 import DEFAULT_HYBRID, Hybrid
 from ..embedder import NativeEmbedder
+from ..errors import ConversationError
 from ..index import VectorIndex
-from .langchain import _check_k, document_record, hit_document, to_chat_messages
+from ..tool_calls import holds_call, parse_tool_calls, prompt_ids, require_tools_template
+from ..turn_cache import ConversationCache
+from .langchain import _check_k, document_record, hit_document, message_text, to_chat_messages
 
 __all__ = ["NativeChatModel"]
+
+
+TOOLS_ALTERNATIVE = (
+    "For an agent with tools, give create_agent a model whose template renders tools (NativeChatModel without an "
+    "index, on Qwen2.5 or Llama-3.1) and retrieve with middleware=[NativeRetrievalMiddleware(retriever)] or "
+    "tools=[native_search_tool(retriever)] (native_retriever.integrations.langchain_agents)."
+)
+
+
+def tool_chat_messages(messages: Sequence[BaseMessage]) -> list[dict]:
+    """LangChain messages as chat-template dicts, tool calls (``tool_calls``) and results (role ``tool``) kept."""
+    out: list[dict] = []
+    for position, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            text = message_text(message.content, position)
+            out.append({"role": "tool", "content": text, "tool_call_id": message.tool_call_id, "name": message.name})
+        elif isinstance(message, AIMessage) and message.tool_calls:
+            calls = [
+                {"type": "function", "id": c["id"], "function": {"name": c["name"], "arguments": c["args"]}}
+                for c in message.tool_calls
+            ]
+            out.append({"role": "assistant", "content": message_text(message.content, position), "tool_calls": calls})
+        else:
+            out.extend(to_chat_messages([message]))
+    return out
 
 
 class NativeChatModel(BaseChatModel):
     """A chat model over ``embedder``'s LLM that retrieves from ``index`` with its own prefill of the conversation.
 
     ``k`` passages per answer, searched with ``hybrid`` (:class:`~native_retriever.bm25.Hybrid`; None: the vector
-    alone); at most ``max_new_tokens`` answer tokens, greedy. The answer's ``response_metadata`` holds
-    ``retrieved_documents`` (``Document`` fields as dicts, the score in ``metadata["score"]``) and ``timings_ms``.
+    alone); ``index=None``: no retrieval (a plain local chat model, tools allowed). At most ``max_new_tokens`` answer
+    tokens, at least ``min_new_tokens``, greedy. ``max_conversations``: how many conversations' caches are kept
+    between turns (0: none). The answer's ``response_metadata`` holds ``retrieved_documents`` (``Document`` fields
+    as dicts, the score in ``metadata["score"]``), ``timings_ms`` and ``prefilled_tokens`` (prompt tokens this call
+    ran through the model; the prompt's length is ``usage_metadata["input_tokens"]``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     embedder: NativeEmbedder
-    index: VectorIndex
+    index: VectorIndex | None = None
     k: int = 3
     max_new_tokens: int = 256
+    min_new_tokens: int = 0
     hybrid: Hybrid | None = DEFAULT_HYBRID
+    max_conversations: int = 4
+    _conversations: ConversationCache = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        """Set up the kept conversations' caches."""
+        self._conversations = ConversationCache(self.max_conversations)
 
     @field_validator("k")
     @classmethod
     def _k(cls, value: int) -> int:
         return _check_k(value)
 
-    @field_validator("max_new_tokens")
+    @field_validator("max_new_tokens", "min_new_tokens", "max_conversations")
     @classmethod
-    def _max_new_tokens(cls, value: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {value!r}")
+    def _counts(cls, value: int, info: Any) -> int:
+        lowest = 1 if info.field_name == "max_new_tokens" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ValueError(f"{info.field_name} must be an integer >= {lowest}, got {value!r}")
         return value
 
     @property
@@ -78,13 +124,46 @@ class NativeChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.embedder.model.name_or_path, "k": self.k, "max_new_tokens": self.max_new_tokens}
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
-        """Not supported yet: for an agent with tools, give ``create_agent`` another chat model and retrieve with
-        ``NativeRetrievalMiddleware`` (native_retriever.integrations.langchain_agents)."""
-        raise NotImplementedError(
-            "NativeChatModel does not call tools yet. For an agent with tools, run create_agent on another chat model "
-            "(ChatHuggingFace over the same model) with middleware=[NativeRetrievalMiddleware(retriever)]."
-        )
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any):
+        """Let the model call ``tools`` (LangChain tools, functions, pydantic models or JSON schemas).
+
+        Needs a chat template that renders tools and no ``index`` (the head reads the conversation without tool
+        definitions, so a prompt with them cannot be the retrieval's prefill). ``tool_choice``: None or ``"auto"``
+        (greedy decoding cannot force a call). ``parallel_tool_calls`` and ``strict`` are accepted and ignored.
+        """
+        require_tools_template(self.embedder.tokenizer, TOOLS_ALTERNATIVE)
+        if self.index is not None:
+            raise ConversationError(
+                "A NativeChatModel with an index retrieves in its prefill of the conversation, which a prompt with "
+                "tool definitions is not (the head reads the conversation alone). " + TOOLS_ALTERNATIVE
+            )
+        if tool_choice not in (None, "auto"):
+            raise ValueError(
+                f"tool_choice={tool_choice!r} cannot be enforced: NativeChatModel decodes greedily, with no "
+                "constrained decoding. Bind the tools with tool_choice=None and say in the prompt which to call."
+            )
+        kwargs.pop("parallel_tool_calls", None)
+        kwargs.pop("strict", None)
+        return super().bind(tools=[convert_to_openai_tool(tool) for tool in tools], **kwargs)
+
+    def _start(self, messages: list[BaseMessage], tools: list[dict] | None):
+        """(prompt ids, cache holding all of them but the last, NativePrompt or None, response metadata)."""
+        model, tokenizer = self.embedder.model, self.embedder.tokenizer
+        if self.index is not None:
+            if tools or any(isinstance(m, ToolMessage) for m in messages):
+                raise ConversationError(
+                    "A NativeChatModel with an index answers conversations without tools. " + TOOLS_ALTERNATIVE
+                )
+            ready = native_prompt(
+                self.embedder, self.index, to_chat_messages(messages), self.k, self.hybrid, self._conversations
+            )
+            documents = [document_record(hit_document(h)) for h in ready.hits]
+            metadata = {"retrieved_documents": documents, "timings_ms": ready.timings}
+            return ready.prompt, ready.cache, ready, {**metadata, "prefilled_tokens": ready.prefilled_tokens}
+        if not messages:
+            raise ConversationError("No messages to answer; pass at least the user's message.")
+        prompt = prompt_ids(tokenizer, tool_chat_messages(messages), tools)
+        return prompt, prefill(model, prompt[:-1]), None, {"prefilled_tokens": len(prompt)}
 
     def _stream(
         self,
@@ -94,9 +173,9 @@ class NativeChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         model, tokenizer = self.embedder.model, self.embedder.tokenizer
-        ready = native_prompt(self.embedder, self.index, to_chat_messages(messages), self.k, self.hybrid)
-        documents = [document_record(hit_document(h)) for h in ready.hits]
-        metadata = {"retrieved_documents": documents, "timings_ms": ready.timings, "model_name": model.name_or_path}
+        tools = kwargs.get("tools") or None
+        prompt, cache, ready, metadata = self._start(messages, tools)
+        metadata["model_name"] = model.name_or_path
         yield ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=metadata))
         answer: list[int] = []
         text = ""  # what was yielded: the decoded answer up to its last whole character, as TextStreamer does
@@ -106,25 +185,55 @@ class NativeChatModel(BaseChatModel):
                 run_manager.on_llm_new_token(delta)
             return ChatGenerationChunk(message=AIMessageChunk(content=delta))
 
-        for token in stream_greedy(model, tokenizer, ready.prompt, ready.cache, self.max_new_tokens):
-            answer.append(token)
-            decoded = tokenizer.decode(answer, skip_special_tokens=True).lstrip()
-            cut = min((i for i in (decoded.find(s) for s in stop or []) if i >= 0), default=-1)
-            if cut < 0 and decoded.endswith("\ufffd"):
-                continue  # a character split over tokens: wait for its other bytes
-            delta = (decoded[:cut] if cut >= 0 else decoded)[len(text) :]
-            if delta:
-                text += delta
-                yield chunk(delta)
-            if cut >= 0:
-                break
-        else:  # the answer ended: what a held-back split character became
-            delta = tokenizer.decode(answer, skip_special_tokens=True).lstrip()[len(text) :]
-            if delta:
-                yield chunk(delta)
-        usage = {"input_tokens": len(ready.prompt), "output_tokens": len(answer)}
+        try:
+            decoded = ""
+            for token in stream_greedy(model, tokenizer, prompt, cache, self.max_new_tokens, self.min_new_tokens):
+                answer.append(token)
+                decoded = tokenizer.decode(answer, skip_special_tokens=True).lstrip()
+                cut = min((i for i in (decoded.find(s) for s in stop or []) if i >= 0), default=-1)
+                if cut >= 0:
+                    decoded = decoded[:cut]
+                elif decoded.endswith("\ufffd") or (tools and holds_call(decoded)):
+                    continue  # a character split over tokens, or a tool call: wait for the rest
+                delta = decoded[len(text) :]
+                if delta:
+                    text += delta
+                    yield chunk(delta)
+                if cut >= 0:
+                    break
+            else:  # the answer ended: what a held-back split character became
+                decoded = tokenizer.decode(answer, skip_special_tokens=True).lstrip()
+            yield from self._rest(decoded, text, tools, chunk)
+        finally:
+            if ready is not None:
+                ready.keep(self._conversations)
+        usage = {"input_tokens": len(prompt), "output_tokens": len(answer)}
         usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, chunk_position="last"))
+
+    @staticmethod
+    def _rest(decoded: str, shown: str, tools: list[dict] | None, chunk) -> Iterator[ChatGenerationChunk]:
+        """The chunks after decoding: the held-back text, and with tools the calls read from the answer (a block
+        that is not a valid call becomes an ``invalid_tool_calls`` entry the agent reports back to the model)."""
+        if not tools:
+            if decoded[len(shown) :]:
+                yield chunk(decoded[len(shown) :])
+            return
+        content, calls, invalid = parse_tool_calls(decoded)
+        if content.startswith(shown) and content[len(shown) :]:
+            yield chunk(content[len(shown) :])
+        parts = [{"name": c.name, "args": json.dumps(c.arguments), "id": c.id, "index": n} for n, c in enumerate(calls)]
+        # a JSON string as the arguments: LangChain's lenient parse cannot read it as an object, so it stays invalid
+        parts += [
+            {"name": c.name, "args": json.dumps(c.text), "id": c.id, "index": len(calls) + n}
+            for n, c in enumerate(invalid)
+        ]
+        if parts:
+            errors = {c.id: c.error for c in invalid}
+            metadata = {"tool_call_errors": errors} if errors else {}
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", tool_call_chunks=parts, response_metadata=metadata)
+            )
 
     def _generate(
         self,
@@ -137,9 +246,16 @@ class NativeChatModel(BaseChatModel):
         merged = chunks[0]
         for chunk in chunks[1:]:
             merged += chunk
+        errors = merged.message.response_metadata.get("tool_call_errors", {})
+        invalid = [
+            {**c, "args": json.loads(c["args"]), "error": errors.get(c["id"])} if c["id"] in errors else c
+            for c in merged.message.invalid_tool_calls
+        ]
         message = AIMessage(
             content=merged.message.content.strip(),
             response_metadata=merged.message.response_metadata,
             usage_metadata=merged.message.usage_metadata,
+            tool_calls=merged.message.tool_calls,
+            invalid_tool_calls=invalid,
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
