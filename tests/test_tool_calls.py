@@ -11,7 +11,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-import native_retriever.integrations.langchain_chat as chat_module
+import native_retriever.chat as chat_module
 from native_retriever.errors import ConversationError
 from native_retriever.integrations.langchain_chat import NativeChatModel
 from native_retriever.tool_calls import holds_call, parse_tool_calls, prompt_ids, renders_tools
@@ -191,7 +191,7 @@ def test_tools_are_refused_where_they_cannot_work(embedder, tools_embedder):
     with pytest.raises(ValueError, match="tool_choice='any' cannot be enforced"):
         NativeChatModel(embedder=tools_embedder).bind_tools([lookup], tool_choice="any")
     retrieving = NativeChatModel(embedder=embedder, index=topic_index(embedder))
-    with pytest.raises(ConversationError, match="without tools"):
+    with pytest.raises(ConversationError, match="tool definitions or results"):
         retrieving.invoke(
             [
                 HumanMessage("Hi"),

@@ -40,23 +40,16 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, PrivateAttr, field_validator
 
-from ..agent import native_prompt, prefill, stream_greedy
 from ..bm25 import DEFAULT_HYBRID, Hybrid
+from ..chat import TOOLS_ALTERNATIVE, ChatCall, start_call
 from ..embedder import NativeEmbedder
 from ..errors import ConversationError
 from ..index import VectorIndex
-from ..tool_calls import holds_call, parse_tool_calls, prompt_ids, require_tools_template
+from ..tool_calls import require_tools_template
 from ..turn_cache import ConversationCache
 from .langchain import _check_k, document_record, hit_document, message_text, to_chat_messages
 
 __all__ = ["NativeChatModel"]
-
-
-TOOLS_ALTERNATIVE = (
-    "For an agent with tools, give create_agent a model whose template renders tools (NativeChatModel without an "
-    "index, on Qwen2.5 or Llama-3.1) and retrieve with middleware=[NativeRetrievalMiddleware(retriever)] or "
-    "tools=[native_search_tool(retriever)] (native_retriever.integrations.langchain_agents)."
-)
 
 
 def tool_chat_messages(messages: Sequence[BaseMessage]) -> list[dict]:
@@ -146,25 +139,6 @@ class NativeChatModel(BaseChatModel):
         kwargs.pop("strict", None)
         return super().bind(tools=[convert_to_openai_tool(tool) for tool in tools], **kwargs)
 
-    def _start(self, messages: list[BaseMessage], tools: list[dict] | None):
-        """(prompt ids, cache holding all of them but the last, NativePrompt or None, response metadata)."""
-        model, tokenizer = self.embedder.model, self.embedder.tokenizer
-        if self.index is not None:
-            if tools or any(isinstance(m, ToolMessage) for m in messages):
-                raise ConversationError(
-                    "A NativeChatModel with an index answers conversations without tools. " + TOOLS_ALTERNATIVE
-                )
-            ready = native_prompt(
-                self.embedder, self.index, to_chat_messages(messages), self.k, self.hybrid, self._conversations
-            )
-            documents = [document_record(hit_document(h)) for h in ready.hits]
-            metadata = {"retrieved_documents": documents, "timings_ms": ready.timings}
-            return ready.prompt, ready.cache, ready, {**metadata, "prefilled_tokens": ready.prefilled_tokens}
-        if not messages:
-            raise ConversationError("No messages to answer; pass at least the user's message.")
-        prompt = prompt_ids(tokenizer, tool_chat_messages(messages), tools)
-        return prompt, prefill(model, prompt[:-1]), None, {"prefilled_tokens": len(prompt)}
-
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -174,54 +148,38 @@ class NativeChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         model, tokenizer = self.embedder.model, self.embedder.tokenizer
         tools = kwargs.get("tools") or None
-        prompt, cache, ready, metadata = self._start(messages, tools)
-        metadata["model_name"] = model.name_or_path
+        chat = tool_chat_messages(messages)  # tool calls and results kept: start_call refuses them with an index
+        call = start_call(self.embedder, chat, tools, self.index, self.k, self.hybrid, self._conversations)
+        metadata = {**call.metadata(), "model_name": model.name_or_path}
+        if call.ready is not None:
+            metadata["retrieved_documents"] = [document_record(hit_document(h)) for h in call.ready.hits]
         yield ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=metadata))
-        answer: list[int] = []
-        text = ""  # what was yielded: the decoded answer up to its last whole character, as TextStreamer does
 
         def chunk(delta: str) -> ChatGenerationChunk:
             if run_manager:
                 run_manager.on_llm_new_token(delta)
             return ChatGenerationChunk(message=AIMessageChunk(content=delta))
 
+        shown = ""
         try:
-            decoded = ""
-            for token in stream_greedy(model, tokenizer, prompt, cache, self.max_new_tokens, self.min_new_tokens):
-                answer.append(token)
-                decoded = tokenizer.decode(answer, skip_special_tokens=True).lstrip()
-                cut = min((i for i in (decoded.find(s) for s in stop or []) if i >= 0), default=-1)
-                if cut >= 0:
-                    decoded = decoded[:cut]
-                elif decoded.endswith("\ufffd") or (tools and holds_call(decoded)):
-                    continue  # a character split over tokens, or a tool call: wait for the rest
-                delta = decoded[len(text) :]
-                if delta:
-                    text += delta
-                    yield chunk(delta)
-                if cut >= 0:
-                    break
-            else:  # the answer ended: what a held-back split character became
-                decoded = tokenizer.decode(answer, skip_special_tokens=True).lstrip()
-            yield from self._rest(decoded, text, tools, chunk)
+            for delta in call.deltas(model, tokenizer, self.max_new_tokens, self.min_new_tokens, stop):
+                shown += delta
+                yield chunk(delta)
         finally:
-            if ready is not None:
-                ready.keep(self._conversations)
-        usage = {"input_tokens": len(prompt), "output_tokens": len(answer)}
+            call.keep(self._conversations)
+        if call.tools:
+            yield from self._calls(call, shown, chunk)
+        usage = {"input_tokens": len(call.prompt), "output_tokens": len(call.answer_ids)}
         usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, chunk_position="last"))
 
     @staticmethod
-    def _rest(decoded: str, shown: str, tools: list[dict] | None, chunk) -> Iterator[ChatGenerationChunk]:
-        """The chunks after decoding: the held-back text, and with tools the calls read from the answer (a block
-        that is not a valid call becomes an ``invalid_tool_calls`` entry the agent reports back to the model)."""
-        if not tools:
-            if decoded[len(shown) :]:
-                yield chunk(decoded[len(shown) :])
-            return
-        content, calls, invalid = parse_tool_calls(decoded)
-        if content.startswith(shown) and content[len(shown) :]:
-            yield chunk(content[len(shown) :])
+    def _calls(call: ChatCall, shown: str, chunk) -> Iterator[ChatGenerationChunk]:
+        """The text held back, then the tool calls read from the answer (a block that is not a valid call becomes
+        an ``invalid_tool_calls`` entry, its reason in ``response_metadata["tool_call_errors"]``)."""
+        rest, calls, invalid = call.tool_calls(shown)
+        if rest:
+            yield chunk(rest)
         parts = [{"name": c.name, "args": json.dumps(c.arguments), "id": c.id, "index": n} for n, c in enumerate(calls)]
         # a JSON string as the arguments: LangChain's lenient parse cannot read it as an object, so it stays invalid
         parts += [
