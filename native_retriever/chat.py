@@ -49,9 +49,10 @@ class ChatCall:
         return self.ready.prefilled_tokens if self.ready is not None else len(self.prompt)
 
     def metadata(self) -> dict[str, Any]:
-        """``timings_ms`` and ``prefilled_tokens`` (and the hits, as ``ready.hits``, for the framework to convert)."""
+        """``timings_ms``, ``prompt_tokens`` and ``prefilled_tokens`` (the hits are ``ready.hits``, for the framework
+        to convert)."""
         timings = self.ready.timings if self.ready is not None else {}
-        return {"timings_ms": timings, "prefilled_tokens": self.prefilled_tokens}
+        return {"timings_ms": timings, "prompt_tokens": len(self.prompt), "prefilled_tokens": self.prefilled_tokens}
 
     def deltas(
         self, model, tokenizer, max_new_tokens: int, min_new_tokens: int = 0, stop: Sequence[str] | None = None
