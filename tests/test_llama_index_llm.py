@@ -149,3 +149,33 @@ def test_a_malformed_call_and_impossible_tool_settings_raise_with_the_fix(tools_
         NativeLLM(embedder, index=index, k=0)
     with pytest.raises(ConversationError, match="No messages"):
         NativeLLM(embedder, index=index).chat([])
+
+
+@pytest.mark.slow
+def test_the_function_agent_example_retrieves_each_turns_passage_first_in_its_own_model_call():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # llama-index-workflows introspects the agent with inspect.getmembers, which trips pydantic's deprecated
+    # attributes: those warnings come from module inspect, never from our code paths
+    quiet = ["-W", "ignore::DeprecationWarning:inspect"]
+    command = [sys.executable, "-W", "error::DeprecationWarning", *quiet]
+    result = subprocess.run(
+        [*command, "examples/llama_index_agent.py"], capture_output=True, text=True, env=env, cwd=root, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = json.loads((root / "native_retriever" / "resources" / "demo_conversation.json").read_text())
+    turns = result.stdout.split("User: ")[1:]
+    assert len(turns) == len(script["turns"]) == 4
+    for number, (turn, expected_title) in enumerate(zip(turns, script["expected_topic_titles"], strict=True)):
+        retrieved = [
+            line.split("]", 1)[1].split("  (score")[0].strip() for line in turn.splitlines() if "(score" in line
+        ]
+        assert len(retrieved) == 3 and retrieved[0] == expected_title, turn
+        prefilled, prompt = (int(x) for x in turn.split("prefilled ")[1].split(" prompt")[0].split(" of its "))
+        assert (prefilled == prompt) if number == 0 else (prefilled < prompt), turn
