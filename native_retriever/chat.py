@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .agent import NativePrompt, native_prompt, prefill, stream_greedy
-from .errors import ConversationError
+from .errors import ConversationError, DimensionMismatchError
 from .tool_calls import InvalidCall, ToolCall, holds_call, parse_tool_calls, prompt_ids, require_tools_template
 
 if TYPE_CHECKING:
@@ -32,6 +32,29 @@ TOOLS_ALTERNATIVE = (
 
 
 @dataclass
+class LocalLLM:
+    """A local causal LM and its tokenizer with no head: all a chat model without an index needs (an LLM with no
+    shipped head, such as Qwen2.5-Coder, answering and calling tools)."""
+
+    model: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+
+
+def as_local_llm(value: Any, index: Any) -> Any:
+    """``value`` as the chat model's LLM: a ``NativeEmbedder`` (needed with an index), a :class:`LocalLLM`, or a
+    ``(model, tokenizer)`` pair (made a :class:`LocalLLM`)."""
+    if isinstance(value, tuple) and len(value) == 2:
+        value = LocalLLM(*value)
+    if index is not None and not hasattr(value, "head"):
+        raise TypeError(
+            "Retrieving from an index needs a NativeEmbedder (the LLM and its head), not a bare model and tokenizer."
+        )
+    if not (hasattr(value, "model") and hasattr(value, "tokenizer")):
+        raise TypeError(f"Give a NativeEmbedder or a (model, tokenizer) pair, got {type(value).__name__}.")
+    return value
+
+
+@dataclass
 class ChatCall:
     """A prompt ready to answer: ``prompt`` ids, a ``cache`` holding all of them but the last, the native turn
     (``ready``, None without an index) and, after :meth:`deltas`, the answer's ``text`` and ``answer_ids``."""
@@ -39,7 +62,7 @@ class ChatCall:
     prompt: list[int]
     cache: Any = field(repr=False)
     ready: NativePrompt | None
-    tools: bool
+    tools: list[str]  # the bound tools' names (empty: no tools)
     text: str = ""
     answer_ids: list[int] = field(default_factory=list)
 
@@ -82,7 +105,7 @@ class ChatCall:
 
     def tool_calls(self, shown: str) -> tuple[str, list[ToolCall], list[InvalidCall]]:
         """After :meth:`deltas` with tools: the text not yet shown (``shown`` was), the calls and the bad blocks."""
-        content, calls, invalid = parse_tool_calls(self.text)
+        content, calls, invalid = parse_tool_calls(self.text, self.tools)
         return (content[len(shown) :] if content.startswith(shown) else ""), calls, invalid
 
     def keep(self, conversations: ConversationCache | None) -> None:
@@ -91,8 +114,25 @@ class ChatCall:
             self.ready.keep(conversations)
 
 
+def check_retrieval(embedder: NativeEmbedder, index: VectorIndex) -> None:
+    """Raise when ``embedder`` cannot retrieve from ``index`` in its prefill: another dimension, or a head that reads
+    generated search queries rather than the conversation."""
+    if index.dim != embedder.dimension:
+        raise DimensionMismatchError(
+            f"The index holds {index.dim}-dimensional vectors but the head outputs {embedder.dimension}: index the "
+            "documents with the head's teacher (embedder.embed_documents), or load the head trained for that index."
+        )
+    mode = embedder.head.config.input_mode
+    if mode != "context":
+        raise ConversationError(
+            f"This head reads generated search queries (input mode {mode!r}), not the conversation, so the model's "
+            "prefill of the conversation cannot be its input. Use a context-mode head (the shipped default) here, "
+            "or the query head in a search tool (native_search_tool / native_retrieval_tool)."
+        )
+
+
 def start_call(
-    embedder: NativeEmbedder,
+    embedder: NativeEmbedder | LocalLLM,
     messages: list[dict],
     tools: list[dict] | None = None,
     index: VectorIndex | None = None,
@@ -105,6 +145,7 @@ def start_call(
     if not messages:
         raise ConversationError("No messages to answer; pass at least the user's message.")
     if index is not None:
+        check_retrieval(embedder, index)
         if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
             raise ConversationError(
                 "A chat model with an index retrieves in its prefill of the conversation, which a prompt with tool "
@@ -112,8 +153,9 @@ def start_call(
             )
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
         ready = native_prompt(embedder, index, plain, k, hybrid, conversations)
-        return ChatCall(ready.prompt, ready.cache, ready, tools=False)
+        return ChatCall(ready.prompt, ready.cache, ready, tools=[])
     if tools:
         require_tools_template(embedder.tokenizer, TOOLS_ALTERNATIVE)
     prompt = prompt_ids(embedder.tokenizer, messages, tools)
-    return ChatCall(prompt, prefill(embedder.model, prompt[:-1]), None, tools=bool(tools))
+    names = [t.get("function", t).get("name") for t in tools or []]
+    return ChatCall(prompt, prefill(embedder.model, prompt[:-1]), None, tools=names)

@@ -2,10 +2,12 @@
 
 Tools go to the template as JSON schemas (``{"type": "function", "function": {"name", "description",
 "parameters"}}``), assistant calls as ``tool_calls`` and results as ``tool`` messages, the way Hugging Face chat
-templates take them. The model's text is parsed back into calls: Qwen2.5 / Hermes style
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, or Llama-3.1 style, the whole answer one JSON
-object ``{"name": ..., "parameters": {...}}``. A block that is not such an object becomes an :class:`InvalidCall`
-(the agent framework reports it to the model) rather than an error.
+templates take them. The model's text is parsed back into calls, leniently, as small models write them: Qwen2.5 /
+Hermes style ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (the closing tag may be cut off),
+or an answer that is nothing but one JSON object ``{"name": ..., "arguments"|"parameters": {...}}`` naming a bound
+tool (Llama-3.1 style; Qwen2.5-Coder-0.5B writes it in a ```json fence, sometimes a closing brace short, which is
+added back). A tagged block that is not such an object becomes an :class:`InvalidCall` (the agent framework reports
+it to the model) rather than an error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .errors import ConversationError
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)(?:" + re.escape(CALL_CLOSE) + r"|$)", re.S)
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*(?:```)?$", re.S)
 
 
 @dataclass
@@ -66,10 +69,24 @@ def require_tools_template(tokenizer, alternative: str) -> None:
         )
 
 
+def _load(body: str) -> Any:
+    """``body`` as JSON; an object missing its last closing braces gets them back."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        missing = body.count("{") - body.count("}")
+        if body.lstrip().startswith("{") and 0 < missing <= 2:
+            try:
+                return json.loads(body + "}" * missing)
+            except json.JSONDecodeError:
+                pass
+        raise
+
+
 def _read_call(body: str) -> ToolCall | str:
     """The call in a block's JSON, or what is wrong with it."""
     try:
-        data = json.loads(body)
+        data = _load(body)
     except json.JSONDecodeError as exc:
         return f"not JSON ({exc.msg} at character {exc.pos})"
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
@@ -85,15 +102,18 @@ def _read_call(body: str) -> ToolCall | str:
     return ToolCall(data["name"], arguments, new_call_id())
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidCall]]:
-    """The text outside calls (stripped), the calls read, and the blocks that could not be read."""
+def parse_tool_calls(text: str, names: Sequence[str] | None = None) -> tuple[str, list[ToolCall], list[InvalidCall]]:
+    """The text outside calls (stripped), the calls read, and the tagged blocks that could not be read. An untagged
+    answer is a call only when it is one JSON object naming a tool in ``names`` (any name when None)."""
     calls: list[ToolCall] = []
     invalid: list[InvalidCall] = []
     bodies = [m.group(1).strip() for m in _BLOCK.finditer(text)]
     content = _BLOCK.sub("", text).strip()
-    if not bodies and content.startswith("{") and content.endswith("}"):
-        read = _read_call(content)  # Llama-3.1 style: the whole answer is the call
-        if isinstance(read, ToolCall):
+    fenced = _FENCE.match(content)
+    whole = fenced.group(1) if fenced else content
+    if not bodies and whole.startswith("{"):
+        read = _read_call(whole)  # the whole answer is the call (Llama-3.1 style, or fenced)
+        if isinstance(read, ToolCall) and (names is None or read.name in names):
             return "", [read], []
     for body in bodies:
         read = _read_call(body)
@@ -107,7 +127,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidCall]]
 
 def holds_call(text: str) -> bool:
     """Whether streamed text may be (the start of) a tool call, so it should be held back rather than shown."""
-    if CALL_OPEN in text or text.lstrip().startswith("{"):
+    if CALL_OPEN in text or text.lstrip().startswith(("{", "`")):
         return True
     return any(text.endswith(CALL_OPEN[:n]) for n in range(1, len(CALL_OPEN)))  # perhaps a call's first characters
 

@@ -167,6 +167,31 @@ def test_the_search_tool_reads_the_conversation_in_the_agent_state(retriever):
     assert [d.id for d in again.artifact] == [d["id"] for d in want]
 
 
+def test_with_a_query_mode_head_the_tool_reads_the_agents_query_after_the_conversation(
+    embedder, tiny_head_factory, teacher, caplog
+):
+    from native_retriever.embedder import NativeEmbedder
+
+    query_embedder = NativeEmbedder(
+        embedder.model, embedder.tokenizer, head=tiny_head_factory("attention", input_mode="query"), teacher=teacher
+    )
+    index = topic_index(embedder)
+    retriever = NativeRetriever(embeddings=NativeEmbeddings(query_embedder), store=index, k=3, hybrid=None)
+    messages = MULTI_TURN[2]
+    call = {"name": "search_documents", "args": {"query": "the river's best season"}, "id": "c1", "type": "tool_call"}
+    with caplog.at_level("WARNING", logger="native_retriever"):
+        for _ in range(2):
+            agent = create_agent(
+                model(AIMessage("", tool_calls=[call]), "Done."), tools=[native_search_tool(retriever)]
+            )
+            state = agent.invoke({"messages": as_langchain(messages)})
+    result = next(m for m in state["messages"] if isinstance(m, ToolMessage))
+    vector = query_embedder.embed_generated_query(messages, "the river's best season")
+    assert [d.id for d in result.artifact] == [h.id for h in index.search(vector, k=3)[0]]
+    said = [r.message for r in caplog.records if "query-mode head" in r.message]
+    assert len(said) == 1 and "cannot be used" in said[0]  # the fallback is said once, not per call
+
+
 def test_outside_an_agent_the_tool_searches_for_its_query(retriever):
     search = native_search_tool(retriever)
     question = MULTI_TURN[0][0]["content"]

@@ -201,3 +201,56 @@ def test_tools_are_refused_where_they_cannot_work(embedder, tools_embedder):
         )
     with pytest.raises(ConversationError, match="No messages"):
         NativeChatModel(embedder=embedder).invoke([])
+
+
+def test_an_index_or_head_the_chat_model_cannot_retrieve_with_is_refused(embedder, tiny_head_factory, teacher):
+    from native_retriever import VectorIndex
+    from native_retriever.embedder import NativeEmbedder
+    from native_retriever.errors import DimensionMismatchError
+    from native_retriever.integrations.llama_index_llm import NativeLLM
+
+    other = VectorIndex(16)
+    other.add(["a"], __import__("numpy").ones((1, 16), dtype="float32"), ["text"])
+    with pytest.raises(DimensionMismatchError, match="16-dimensional vectors but the head outputs 384"):
+        NativeChatModel(embedder=embedder, index=other).invoke("Where is Mirravel?")
+    with pytest.raises(DimensionMismatchError, match="embed_documents"):
+        NativeLLM(embedder, index=other).complete("Where is Mirravel?")
+    query_head = NativeEmbedder(
+        embedder.model, embedder.tokenizer, head=tiny_head_factory("attention", input_mode="query"), teacher=teacher
+    )
+    from conftest import topic_index
+
+    with pytest.raises(ConversationError, match="reads generated search queries.*native_search_tool"):
+        NativeChatModel(embedder=query_head, index=topic_index(embedder)).invoke("Where is Mirravel?")
+
+
+@pytest.mark.slow
+def test_real_qwen_calls_a_tool_in_a_create_agent_loop_and_through_llama_index():
+    from test_qwen import QWEN_INSTALLED
+
+    if not QWEN_INSTALLED:
+        pytest.skip("the Qwen wheels are not installed")
+    from llama_index.core.tools import FunctionTool
+
+    from native_retriever.integrations.llama_index_llm import NativeLLM
+    from native_retriever.models import QWEN_LLM, load_llm
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        return f"It is sunny and 21 degrees in {city}."
+
+    model, tokenizer = load_llm(QWEN_LLM)  # no head: a local chat model that calls tools
+    chat = NativeChatModel(embedder=(model, tokenizer), max_new_tokens=64)
+    state = create_agent(chat, tools=[get_weather]).invoke(
+        {"messages": [{"role": "user", "content": "What is the weather in Paris?"}]}
+    )
+    first = state["messages"][1]
+    assert [(c["name"], c["args"]) for c in first.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert state["messages"][2].content == "It is sunny and 21 degrees in Paris."
+    llm = NativeLLM((model, tokenizer), max_new_tokens=64)
+    response = llm.chat_with_tools(
+        [FunctionTool.from_defaults(get_weather.func)], user_msg="What is the weather in Paris?"
+    )
+    [call] = llm.get_tool_calls_from_response(response)
+    assert (call.tool_name, call.tool_kwargs) == ("get_weather", {"city": "Paris"})

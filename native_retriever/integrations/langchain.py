@@ -187,9 +187,20 @@ class NativeEmbeddings(Embeddings):
         """Bind the current conversation for ``embed_query`` (see :func:`bind_conversation`)."""
         return bind_conversation(history)
 
-    def embed_conversation(self, history: Sequence | None, question: str) -> list[float]:
-        """The native vector of ``history`` followed by ``question``."""
+    @property
+    def reads_queries(self) -> bool:
+        """Whether the head reads a generated search query after the conversation (input mode ``query``)."""
+        head = getattr(self.embedder, "head", None)
+        return getattr(getattr(head, "config", None), "input_mode", "context") == "query"
+
+    def embed_conversation(
+        self, history: Sequence | None, question: str, search_query: str | None = None
+    ) -> list[float]:
+        """The native vector of ``history`` followed by ``question``; a query-mode head reads ``search_query`` (the
+        query the agent generated; default: the question) after them."""
         messages = with_question(history, question)
+        if self.reads_queries:
+            return self.embedder.embed_generated_query(messages, search_query or question).tolist()
         if len(messages) == 1:
             return self.embedder.embed_query(question).tolist()
         return self.embedder.embed_conversation(messages).tolist()
@@ -237,7 +248,8 @@ def _store_dimension(store: Any) -> int | None:
 class NativeRetriever(BaseRetriever):
     """Retrieves with the agent's own hidden states from a ``VectorIndex`` or any LangChain ``VectorStore``.
 
-    ``invoke(question, chat_history=[...], k=...)``; without ``chat_history`` the conversation bound with
+    ``invoke(question, chat_history=[...], k=...)`` (with a query-mode head, ``search_query=`` the query the agent
+    generated); without ``chat_history`` the conversation bound with
     :func:`bind_conversation` is used, if any. On a ``VectorIndex`` the head's ranking is fused with BM25 on the
     question and the user message before it (``hybrid``, :class:`~native_retriever.bm25.Hybrid`; None: the vector
     alone); another ``VectorStore`` is searched by the vector alone. Documents carry the record id, its metadata and
@@ -313,10 +325,12 @@ class NativeRetriever(BaseRetriever):
 
         return RunnableLambda(retrieve, afunc=aretrieve, name="native_history_aware_retriever")
 
-    def _retrieve(self, query: str, k: int | None, chat_history: Sequence | None) -> list[Document]:
+    def _retrieve(
+        self, query: str, k: int | None, chat_history: Sequence | None, search_query: str | None = None
+    ) -> list[Document]:
         k = _check_k(self.k if k is None else k)
         history = _BOUND.get() if chat_history is None else chat_history
-        vector = self.embeddings.embed_conversation(history, query)
+        vector = self.embeddings.embed_conversation(history, query, search_query)
         self._check_dimension()
         key = self.score_key
         if isinstance(self.store, VectorIndex):
@@ -344,8 +358,9 @@ class NativeRetriever(BaseRetriever):
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         chat_history: Sequence | None = None,
+        search_query: str | None = None,
     ) -> list[Document]:
-        return self._retrieve(query, k, chat_history)
+        return self._retrieve(query, k, chat_history, search_query)
 
     async def _aget_relevant_documents(
         self,
@@ -354,5 +369,6 @@ class NativeRetriever(BaseRetriever):
         run_manager: AsyncCallbackManagerForRetrieverRun,
         k: int | None = None,
         chat_history: Sequence | None = None,
+        search_query: str | None = None,
     ) -> list[Document]:
-        return await asyncio.to_thread(self._retrieve, query, k, chat_history)
+        return await asyncio.to_thread(self._retrieve, query, k, chat_history, search_query)

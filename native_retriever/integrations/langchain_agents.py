@@ -30,6 +30,7 @@ from . import require
 
 require("langchain.agents", "langchain")
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
@@ -146,13 +147,30 @@ class NativeRetrievalMiddleware(AgentMiddleware[NativeRetrievalState]):
         return await handler(self._with_passages(request))
 
 
-def _asked(runtime: ToolRuntime | None, query: str) -> tuple[str, list[BaseMessage] | None]:
+_NOT_CAPTURED = (
+    "native_search_tool: this query-mode head reads the states of the search query after the conversation, in the "
+    "head's prompt format; the agent's own tool-call generation ran in a prompt with tool definitions, which is not "
+    "that format, so its states cannot be used. The tool runs one prefill of the conversation and the query instead."
+)
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only."""
+    if message not in _said:
+        _said.add(message)
+        logging.getLogger("native_retriever").warning(message)
+
+
+def _asked(runtime: ToolRuntime | None, query: str, retriever: NativeRetriever) -> tuple[str, list[BaseMessage] | None]:
     """(question, history): the conversation up to the user's last message when the tool runs in an agent, else
     the query string as a standalone question."""
     messages = list((getattr(runtime, "state", None) or {}).get("messages") or [])
     users = [i for i, m in enumerate(messages) if isinstance(m, BaseMessage) and m.type == "human"]
     if not users:
         return query, None
+    if retriever.embeddings.reads_queries:
+        say_once(_NOT_CAPTURED)
     return message_text(messages[users[-1]].content, users[-1]), messages[: users[-1]]
 
 
@@ -163,9 +181,11 @@ def native_search_tool(
 
     In an agent the query vector comes from the conversation in the agent's state up to the user's last message
     (the same passages :class:`NativeRetrievalMiddleware` and ``retriever.invoke(question, chat_history=...)`` give
-    for it); the ``query`` the model writes is used only when the tool runs outside an agent (no state), as a
-    standalone question. ``response_format="content_and_artifact"``: the model reads the numbered passages, the
-    ``ToolMessage.artifact`` holds the ``Document``s for the application.
+    for it); the ``query`` the model writes is used when the tool runs outside an agent (no state), as a standalone
+    question, and by a query-mode head, which reads it after the conversation (one prefill of both: the agent's own
+    generation ran in its tools prompt, not the head's format; logged once).
+    ``response_format="content_and_artifact"``: the model reads the numbered passages, the ``ToolMessage.artifact``
+    holds the ``Document``s for the application.
     """
     if not isinstance(retriever, NativeRetriever):
         raise TypeError(f"native_search_tool needs a NativeRetriever, got {type(retriever).__name__}.")
@@ -174,12 +194,12 @@ def native_search_tool(
         return numbered_passages(d.page_content for d in documents) or "No passages found.", documents
 
     def search(query: str, runtime: ToolRuntime = None) -> tuple[str, list[Document]]:
-        question, history = _asked(runtime, query)
-        return content(retriever.invoke(question, chat_history=history))
+        question, history = _asked(runtime, query, retriever)
+        return content(retriever.invoke(question, chat_history=history, search_query=query))
 
     async def asearch(query: str, runtime: ToolRuntime = None) -> tuple[str, list[Document]]:
-        question, history = _asked(runtime, query)
-        return content(await retriever.ainvoke(question, chat_history=history))
+        question, history = _asked(runtime, query, retriever)
+        return content(await retriever.ainvoke(question, chat_history=history, search_query=query))
 
     search.__doc__ = asearch.__doc__ = description
     return StructuredTool.from_function(

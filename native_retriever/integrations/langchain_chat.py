@@ -41,8 +41,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, PrivateAttr, field_validator
 
 from ..bm25 import DEFAULT_HYBRID, Hybrid
-from ..chat import TOOLS_ALTERNATIVE, ChatCall, start_call
-from ..embedder import NativeEmbedder
+from ..chat import TOOLS_ALTERNATIVE, ChatCall, as_local_llm, start_call
 from ..errors import ConversationError
 from ..index import VectorIndex
 from ..tool_calls import require_tools_template
@@ -73,6 +72,8 @@ def tool_chat_messages(messages: Sequence[BaseMessage]) -> list[dict]:
 class NativeChatModel(BaseChatModel):
     """A chat model over ``embedder``'s LLM that retrieves from ``index`` with its own prefill of the conversation.
 
+    ``embedder``: a ``NativeEmbedder``, or without an index a ``(model, tokenizer)`` pair (an LLM with no head).
+
     ``k`` passages per answer, searched with ``hybrid`` (:class:`~native_retriever.bm25.Hybrid`; None: the vector
     alone); ``index=None``: no retrieval (a plain local chat model, tools allowed). At most ``max_new_tokens`` answer
     tokens, at least ``min_new_tokens``, greedy. ``max_conversations``: how many conversations' caches are kept
@@ -83,7 +84,7 @@ class NativeChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    embedder: NativeEmbedder
+    embedder: Any
     index: VectorIndex | None = None
     k: int = 3
     max_new_tokens: int = 256
@@ -93,7 +94,8 @@ class NativeChatModel(BaseChatModel):
     _conversations: ConversationCache = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
-        """Set up the kept conversations' caches."""
+        """Check the LLM and set up the kept conversations' caches."""
+        self.embedder = as_local_llm(self.embedder, self.index)
         self._conversations = ConversationCache(self.max_conversations)
 
     @field_validator("k")

@@ -56,7 +56,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
 from ..bm25 import DEFAULT_HYBRID
-from ..chat import start_call
+from ..chat import as_local_llm, start_call
 from ..errors import ConversationError
 from ..turn_cache import ConversationCache
 
@@ -94,6 +94,7 @@ def template_messages(messages: Sequence[ChatMessage]) -> list[dict]:
 class NativeLLM(FunctionCallingLLM):
     """A LlamaIndex LLM over ``embedder``'s model that retrieves from ``index`` (a
     :class:`~native_retriever.index.VectorIndex`; None: no retrieval) with its own prefill of the conversation.
+    ``embedder``: a ``NativeEmbedder``, or without an index a ``(model, tokenizer)`` pair (an LLM with no head).
 
     ``k`` passages per answer, searched with ``hybrid``; at most ``max_new_tokens`` answer tokens, at least
     ``min_new_tokens``, greedy; ``max_conversations`` conversations' caches kept between turns (0: none). Each
@@ -111,7 +112,7 @@ class NativeLLM(FunctionCallingLLM):
     _last_call: dict = PrivateAttr(default_factory=dict)
 
     def __init__(self, embedder: Any, index: Any = None, **kwargs: Any) -> None:
-        super().__init__(embedder=embedder, index=index, **kwargs)
+        super().__init__(embedder=as_local_llm(embedder, index), index=index, **kwargs)
         self._conversations = ConversationCache(self.max_conversations)
 
     @field_validator("k", "max_new_tokens", "min_new_tokens", "max_conversations")
