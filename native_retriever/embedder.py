@@ -84,6 +84,11 @@ class NativeEmbedder:
         return cls(model, tokenizer, head=head, teacher=teacher)
 
     @property
+    def reads_queries(self) -> bool:
+        """Whether the head reads a generated search query after the conversation (input mode ``query``)."""
+        return self.head.config.input_mode == "query"
+
+    @property
     def dimension(self) -> int:
         """Size of the vectors this embedder returns (the head's output, the teacher's dimension)."""
         return self.head.output_dim

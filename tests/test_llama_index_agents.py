@@ -134,6 +134,49 @@ def test_the_retrieval_tool_reads_the_conversation_in_the_workflow_memory(retrie
     assert result.tool_output.content == passages
 
 
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")
+def test_with_a_query_mode_head_the_tool_reads_the_agents_query_after_the_conversation(
+    embedder, tiny_head_factory, teacher, caplog, monkeypatch
+):
+    import native_retriever.notices as notices
+    from native_retriever.embedder import NativeEmbedder
+
+    monkeypatch.setattr(notices, "_said", set())  # a fresh process, as far as the notice goes
+
+    query_embedder = NativeEmbedder(
+        embedder.model, embedder.tokenizer, head=tiny_head_factory("attention", input_mode="query"), teacher=teacher
+    )
+    index = topic_index(embedder)
+    retriever = NativeRetriever(index, NativeEmbedding(query_embedder), similarity_top_k=3, hybrid=None)
+    messages = MULTI_TURN[0]
+    call = ToolSelection(tool_id="c1", tool_name="search_documents", tool_kwargs={"query": "its best season"})
+
+    async def run():
+        replies = iter(
+            [
+                ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": [call]}),
+                ChatMessage(role="assistant", content="Done."),
+            ]
+        )
+        llm = MockFunctionCallingLLMWithChatMemoryOfLastCall(response_generator=lambda messages, **kw: next(replies))
+        agent = FunctionAgent(llm=llm, tools=[native_retrieval_tool(retriever)])
+        mem = Memory.from_defaults(session_id="query-tool")
+        mem.put_messages(chat_messages(messages[:-1]))
+        handler = agent.run(messages[-1]["content"], memory=mem)
+        results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
+        await handler
+        return results
+
+    with caplog.at_level("WARNING", logger="native_retriever"):
+        asyncio.run(run())
+        (result,) = asyncio.run(run())
+    vector = query_embedder.embed_generated_query(messages, "its best season")
+    assert [n.node.node_id for n in result.tool_output.raw_output] == [h.id for h in index.search(vector, k=3)[0]]
+    said = [r.message for r in caplog.records if "query-mode head" in r.message]
+    assert len(said) == 1 and "cannot be used" in said[0]  # the fallback is said once, not per call
+
+
 def test_outside_a_workflow_memory_the_tool_searches_for_its_query(retriever):
     tool = native_retrieval_tool(retriever)
     question = MULTI_TURN[0][0]["content"]

@@ -179,3 +179,36 @@ def test_the_function_agent_example_retrieves_each_turns_passage_first_in_its_ow
         assert len(retrieved) == 3 and retrieved[0] == expected_title, turn
         prefilled, prompt = (int(x) for x in turn.split("prefilled ")[1].split(" prompt")[0].split(" of its "))
         assert (prefilled == prompt) if number == 0 else (prefilled < prompt), turn
+
+
+def test_threads_and_asyncio_tasks_give_what_a_serial_call_gives(llm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial = [llm.chat(chat_messages(m)).message.content for m in CONVERSATIONS]
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(pool.map(lambda m: llm.chat(chat_messages(m)).message.content, CONVERSATIONS))
+
+    async def tasks():
+        return await asyncio.gather(*(llm.achat(chat_messages(m)) for m in CONVERSATIONS))
+
+    assert threaded == serial
+    assert [r.message.content for r in asyncio.run(tasks())] == serial
+
+
+def test_tool_calls_other_llms_wrote_render_too():
+    from llama_index.core.tools import ToolSelection
+
+    from native_retriever.integrations.llama_index_llm import template_messages
+
+    ours = {"id": "a", "name": "lookup", "arguments": {"name": "x"}}
+    openai = {"id": "b", "type": "function", "function": {"name": "lookup", "arguments": '{"name": "y"}'}}
+    selection = ToolSelection(tool_id="c", tool_name="lookup", tool_kwargs={"name": "z"})
+    message = ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": [ours, openai, selection]})
+    [turn] = template_messages([message])
+    assert [(c["id"], c["function"]["arguments"]) for c in turn["tool_calls"]] == [
+        ("a", {"name": "x"}),
+        ("b", {"name": "y"}),
+        ("c", {"name": "z"}),
+    ]
+    with pytest.raises(ConversationError, match="role 'function'"):
+        template_messages([ChatMessage(role="function", content="x")])

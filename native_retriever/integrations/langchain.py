@@ -190,8 +190,7 @@ class NativeEmbeddings(Embeddings):
     @property
     def reads_queries(self) -> bool:
         """Whether the head reads a generated search query after the conversation (input mode ``query``)."""
-        head = getattr(self.embedder, "head", None)
-        return getattr(getattr(head, "config", None), "input_mode", "context") == "query"
+        return bool(getattr(self.embedder, "reads_queries", False))
 
     def embed_conversation(
         self, history: Sequence | None, question: str, search_query: str | None = None

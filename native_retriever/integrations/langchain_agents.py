@@ -30,7 +30,6 @@ from . import require
 
 require("langchain.agents", "langchain")
 
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
@@ -44,6 +43,7 @@ from typing_extensions import NotRequired
 
 from ..agent import SEARCH_DESCRIPTION, numbered_passages
 from ..errors import ConversationError
+from ..notices import QUERY_NOT_CAPTURED, say_once
 from .langchain import NativeRetriever, document_record, message_text
 
 __all__ = [
@@ -147,21 +147,6 @@ class NativeRetrievalMiddleware(AgentMiddleware[NativeRetrievalState]):
         return await handler(self._with_passages(request))
 
 
-_NOT_CAPTURED = (
-    "native_search_tool: this query-mode head reads the states of the search query after the conversation, in the "
-    "head's prompt format; the agent's own tool-call generation ran in a prompt with tool definitions, which is not "
-    "that format, so its states cannot be used. The tool runs one prefill of the conversation and the query instead."
-)
-_said: set[str] = set()
-
-
-def say_once(message: str) -> None:
-    """Log ``message`` as a warning the first time only."""
-    if message not in _said:
-        _said.add(message)
-        logging.getLogger("native_retriever").warning(message)
-
-
 def _asked(runtime: ToolRuntime | None, query: str, retriever: NativeRetriever) -> tuple[str, list[BaseMessage] | None]:
     """(question, history): the conversation up to the user's last message when the tool runs in an agent, else
     the query string as a standalone question."""
@@ -170,7 +155,7 @@ def _asked(runtime: ToolRuntime | None, query: str, retriever: NativeRetriever) 
     if not users:
         return query, None
     if retriever.embeddings.reads_queries:
-        say_once(_NOT_CAPTURED)
+        say_once(QUERY_NOT_CAPTURED)
     return message_text(messages[users[-1]].content, users[-1]), messages[: users[-1]]
 
 

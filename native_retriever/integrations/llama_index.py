@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+import contextvars
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,20 @@ def _with_question(history: Sequence[dict], query: str) -> list[dict]:
 
 
 _CONVERSATION = ConversationBinding("native_retriever_llama_index_conversation", to_messages)
+
+
+_SEARCH_QUERY: contextvars.ContextVar[str | None] = contextvars.ContextVar("native_retriever_search", default=None)
+
+
+@contextlib.contextmanager
+def bind_search_query(query: str | None) -> Iterator[None]:
+    """Within the block, a query-mode head reads ``query`` (the search query the agent wrote) after the conversation
+    instead of the question."""
+    token = _SEARCH_QUERY.set(query)
+    try:
+        yield
+    finally:
+        _SEARCH_QUERY.reset(token)
 
 
 def bind_conversation(history: Iterable[ChatMessage | dict] | None) -> contextlib.AbstractContextManager[list[dict]]:
@@ -228,7 +243,11 @@ class NativeEmbedding(BaseEmbedding):
                 raise ConversationError("The query is empty; pass the user's current question.")
             return np.asarray(self._embedder.embed_query(query), dtype=np.float32).tolist()
         messages = _with_question(history, query)
-        return np.asarray(self._embedder.embed_conversation(messages), dtype=np.float32).tolist()
+        if getattr(self._embedder, "reads_queries", False):  # a query-mode head: the agent's query after the chat
+            vector = self._embedder.embed_generated_query(messages, _SEARCH_QUERY.get() or query)
+        else:
+            vector = self._embedder.embed_conversation(messages)
+        return np.asarray(vector, dtype=np.float32).tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return await asyncio.to_thread(self._get_query_embedding, query)  # copies the bound conversation

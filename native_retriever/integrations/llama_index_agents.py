@@ -38,7 +38,8 @@ from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context
 
 from ..agent import SEARCH_DESCRIPTION, numbered_passages
-from .llama_index import NativeRetriever, to_messages
+from ..notices import QUERY_NOT_CAPTURED, say_once
+from .llama_index import NativeRetriever, bind_search_query, to_messages
 
 __all__ = ["SEARCH_DESCRIPTION", "NativeMemoryBlock", "native_retrieval_tool"]
 
@@ -101,7 +102,9 @@ def native_retrieval_tool(
 ) -> FunctionTool:
     """A ``FunctionTool`` for ``FunctionAgent`` / ``ReActAgent`` / ``AgentWorkflow`` that retrieves for the
     conversation in the workflow's memory (``ctx.store["memory"]``, up to the user's last message), through
-    ``retriever``; the ``query`` the LLM writes is used only when there is no memory or no user message in it.
+    ``retriever``; the ``query`` the LLM writes is used when there is no memory or no user message in it, and by a
+    query-mode head, which reads it after the conversation (one prefill of both; logged once, as the agent's own
+    generation ran in its tools prompt, not the head's format).
     The LLM reads the numbered passages; ``ToolOutput.raw_output`` holds the ``NodeWithScore``s."""
     if not isinstance(retriever, NativeRetriever):
         raise TypeError(f"native_retrieval_tool needs a NativeRetriever, got {type(retriever).__name__}.")
@@ -109,7 +112,10 @@ def native_retrieval_tool(
     async def search(ctx: Context, query: str) -> list[NodeWithScore]:
         memory = await ctx.store.get("memory", default=None)
         conversation = up_to_last_question(await memory.aget_all() if memory is not None else [])
-        return await retriever.aretrieve_conversation(conversation or [{"role": "user", "content": query}])
+        if conversation and getattr(retriever.embed_model.embedder, "reads_queries", False):
+            say_once(QUERY_NOT_CAPTURED)
+        with bind_search_query(query):
+            return await retriever.aretrieve_conversation(conversation or [{"role": "user", "content": query}])
 
     async def passages(nodes: list[NodeWithScore]) -> str:
         return numbered_passages(n.node.get_content() for n in nodes) or "No passages found."

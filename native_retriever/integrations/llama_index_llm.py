@@ -29,6 +29,7 @@ from . import require
 require("llama_index.core", "llama-index")
 
 import asyncio
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -65,6 +66,21 @@ __all__ = ["NativeLLM"]
 _END = object()
 
 
+def _call(value: Any) -> dict:
+    """One tool call as ``{"id", "name", "arguments"}``: ours, a ``ToolSelection``, or OpenAI's ``function`` form."""
+    if isinstance(value, ToolSelection):
+        return {"id": value.tool_id, "name": value.tool_name, "arguments": value.tool_kwargs}
+    if isinstance(value, dict) and isinstance(value.get("function"), dict):
+        function = value["function"]
+        arguments = function.get("arguments") or {}
+        if isinstance(arguments, str):
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        return {"id": value.get("id"), "name": function.get("name"), "arguments": arguments}
+    if isinstance(value, dict) and "name" in value:
+        return {"id": value.get("id"), "name": value["name"], "arguments": value.get("arguments") or {}}
+    raise ConversationError(f"A tool call of type {type(value).__name__} cannot be rendered; give a ToolSelection.")
+
+
 def template_messages(messages: Sequence[ChatMessage]) -> list[dict]:
     """LlamaIndex chat messages as chat-template dicts: tool calls (``additional_kwargs["tool_calls"]`` or
     ``ToolCallBlock``s) as ``tool_calls``, tool results as role ``tool``."""
@@ -74,7 +90,7 @@ def template_messages(messages: Sequence[ChatMessage]) -> list[dict]:
         if role not in ("system", "user", "assistant", "tool"):
             raise ConversationError(f"Message {position} has role {role!r}; give system, user, assistant or tool.")
         turn: dict[str, Any] = {"role": role, "content": message.content or ""}
-        calls = list(message.additional_kwargs.get("tool_calls") or [])
+        calls = [_call(c) for c in message.additional_kwargs.get("tool_calls") or []]
         calls += [
             {"id": b.tool_call_id, "name": b.tool_name, "arguments": b.tool_kwargs}
             for b in message.blocks
