@@ -148,6 +148,10 @@ def cmd_train_head(args) -> None:
 
     require("train", "ranx", what="native-retriever train-head")
     check_output_path(args.output, "--output", kind="folder", saves="head")  # before any data or model loads
+    if args.corpus:
+        return _train_head_from_corpus(args)
+    if args.dev is None and args.dev_holdout is None:
+        raise SystemExit("train-head --train needs --dev FOLDER or --dev-holdout N for model selection.")
     # the count lists are checked before any data or model loads (train_head_from_folders checks the output folder)
     _per_folder(args.max_train_queries or [None], args.train, "--max-train-queries")
     _per_folder(args.passage_queries or [0], args.train, "--passage-queries")
@@ -167,6 +171,49 @@ def cmd_train_head(args) -> None:
         max_tokens=args.max_tokens,
     )
     print(json.dumps({"output": str(Path(args.output)), "dev": head.config.metrics["dev"]}, indent=2))
+
+
+def _train_head_from_corpus(args) -> None:
+    from .training.pipeline import train_head_from_corpus
+    from .training.trainer import TrainConfig
+
+    for flag in ("dev", "dev_holdout", "max_train_queries", "passage_queries", "max_dev_queries"):
+        if getattr(args, flag):
+            raise SystemExit(f"--{flag.replace('_', '-')} goes with --train, not --corpus.")
+    head, counts = train_head_from_corpus(
+        args.corpus,
+        args.output,
+        config=TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}),
+        synthetic=_synthetic_config(args),
+        llm=args.llm,
+        teacher=args.teacher,
+        device=args.device,
+        cache=args.cache,
+        max_passages=args.max_passages,
+        max_tokens=args.max_tokens,
+    )
+    report = {"output": str(Path(args.output)), "conversations": dataclasses.asdict(counts)}
+    print(json.dumps({**report, "dev": head.config.metrics["dev"]}, indent=2))
+
+
+def cmd_write_conversations(args) -> None:
+    """Write training conversations about a corpus with the LLM; save them as a data folder."""
+    from .checks import check_output_path
+    from .data import load_corpus
+    from .training.pipeline import Models, synthetic_data, write_data_folder
+
+    check_output_path(args.output, "--output", kind="folder", saves="data-folder")
+    config = _synthetic_config(args)
+    load_corpus(args.corpus)  # an empty or unreadable folder fails before any model loads
+    data, counts = synthetic_data(
+        args.corpus,
+        Models.load(args.llm, args.teacher, args.device),
+        config=config,
+        cache=args.cache,
+        max_passages=args.max_passages,
+    )
+    write_data_folder(data, args.output)
+    print(json.dumps({"output": str(Path(args.output)), "conversations": dataclasses.asdict(counts)}, indent=2))
 
 
 def cmd_eval(args) -> None:
@@ -307,6 +354,32 @@ def _add_train_config(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, type=type(default), default=default, dest=field.name, help=text)
 
 
+def _add_synthetic(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--turns", type=positive_int, default=3, help="questions per passage (with --corpus; default 3)"
+    )
+    parser.add_argument(
+        "--prompts",
+        help="JSON file overriding the generation prompts (keys of native_retriever.training.synthetic."
+        "DEFAULT_PROMPTS; docs/training.md) (default: those prompts)",
+    )
+    parser.add_argument("--max-passages", type=positive_int, help="the first N passages of the corpus (default: all)")
+
+
+def _synthetic_config(args):
+    from .training.synthetic import SyntheticConfig
+
+    prompts = {}
+    if args.prompts:
+        try:
+            prompts = json.loads(Path(args.prompts).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"--prompts {args.prompts}: cannot be read as JSON ({exc}).") from exc
+        if not isinstance(prompts, dict):
+            raise SystemExit(f"--prompts {args.prompts}: give a JSON object of prompt keys and texts.")
+    return SyntheticConfig(turns=args.turns, prompts=prompts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `native-retriever` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="native-retriever", description=__doc__)
@@ -354,18 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(chat)
     chat.set_defaults(func=cmd_chat)
 
-    train = sub.add_parser("train-head", help="train a projection head on data folders (docs/data-format.md)")
-    train.add_argument("--train", nargs="+", required=True, help="training data folders (required)")
-    selection = train.add_mutually_exclusive_group(required=True)
+    train = sub.add_parser(
+        "train-head",
+        help="train a projection head on data folders (docs/data-format.md), or on a corpus alone (--corpus)",
+    )
+    sources = train.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--train", nargs="+", help="training data folders (required: this or --corpus)")
+    sources.add_argument(
+        "--corpus",
+        help="a folder of .txt / .md files, or a data folder with only corpus.jsonl.gz: train on conversations the "
+        "LLM writes about its passages, and on the passages themselves; no judged queries needed (required: this "
+        "or --train)",
+    )
+    selection = train.add_mutually_exclusive_group()
     selection.add_argument(
-        "--dev", help="data folder for model selection, early stopping (required: this or --dev-holdout)"
+        "--dev",
+        help="data folder for model selection, early stopping (required with --train: this or --dev-holdout)",
     )
     selection.add_argument(
         "--dev-holdout",
         type=positive_int,
         metavar="N",
-        help="hold out the last N conversations (by story_id) of the first --train folder for model selection; "
-        "(required: this or --dev)",
+        help="hold out the last N conversations (by story_id) of the first --train folder for model selection "
+        "(required with --train: this or --dev; with --corpus the last tenth of the passages' conversations are held "
+        "out)",
     )
     train.add_argument("--output", "-o", required=True, help="head folder to write (required)")
     train.add_argument("--llm", help=LLM_HELP)
@@ -391,9 +476,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--max-tokens", type=positive_int, default=512, help="conversation window in LLM tokens (default 512)"
     )
+    _add_synthetic(train)
     add_device(train)
     _add_train_config(train)
     train.set_defaults(func=cmd_train_head)
+
+    write = sub.add_parser(
+        "write-conversations",
+        help="write training conversations about a corpus with the LLM (the slow step of train-head --corpus)",
+        description="The LLM writes a short conversation about each passage (a question, then follow-ups that lean "
+        "on the earlier turns); the teacher keeps the questions it can tie back to their passage. Written as a data "
+        "folder (docs/data-format.md) that train-head --train and eval read. Cached and resumable.",
+    )
+    write.add_argument("--corpus", required=True, help="a folder of .txt / .md files, or a data folder (required)")
+    write.add_argument("--output", "-o", required=True, help="data folder to write (required)")
+    write.add_argument("--llm", help=LLM_HELP)
+    write.add_argument("--teacher", help="teacher name or folder (default: sentence-transformers/all-MiniLM-L6-v2)")
+    write.add_argument("--cache", help="cache folder (default: $NATIVE_RETRIEVER_HOME/training)")
+    _add_synthetic(write)
+    add_device(write)
+    write.set_defaults(func=cmd_write_conversations)
 
     default_systems = (  # evaluation.DEFAULT_SYSTEMS (tests/test_cli.py checks), kept here so --help imports no torch
         "bm25-question,teacher-question,teacher-history,teacher-last5,generate-then-encode,native-context,"

@@ -121,6 +121,34 @@ def _check_id(value: str, path: Path, number: int, what: str) -> str:
     return value
 
 
+def _read_corpus(path: Path) -> list[dict]:
+    corpus, seen = [], set()
+    for number, doc in _read_jsonl(path):
+        text = doc.get("text")
+        if "id" not in doc or not isinstance(text, str) or not text.strip():
+            raise DataFormatError(f"{path}:{number}: every passage needs an 'id' and non-empty 'text'.")
+        doc["id"] = _check_id(str(doc["id"]), path, number, "passage")
+        if doc["id"] in seen:
+            raise DataFormatError(f"{path}:{number}: passage id {doc['id']!r} appears twice.")
+        seen.add(doc["id"])
+        corpus.append(doc)
+    if not corpus:
+        raise DataFormatError(f"{path} holds no passages; a corpus needs at least one.")
+    return corpus
+
+
+def load_corpus(source: str | os.PathLike) -> list[dict]:
+    """The passages of a data folder's ``corpus.jsonl(.gz)`` (queries not needed), or of a folder of text and
+    Markdown files cut as ``native-retriever index`` cuts them (``documents.load_folder``): ``{"id", "text",
+    "title"?}`` records. An empty folder, or one with no readable text, raises DataFormatError."""
+    from .documents import load_folder
+
+    folder = Path(source)
+    if any((folder / name).is_file() for name in ("corpus.jsonl.gz", "corpus.jsonl")):
+        return _read_corpus(_open(folder, "corpus"))
+    return [{"id": d["id"], "text": d["text"], "title": d["metadata"]["title"]} for d in load_folder(folder)]
+
+
 def load_data(
     folder: str | os.PathLike, max_queries: int | None = None, *, require_judged: bool = False
 ) -> RetrievalData:
@@ -136,19 +164,9 @@ def load_data(
     folder = Path(folder)
     if not folder.is_dir():
         raise DataFormatError(f"Data folder {folder} does not exist; see docs/data-format.md for the layout.")
-    corpus, seen = [], set()
     path = _open(folder, "corpus")
-    for number, doc in _read_jsonl(path):
-        text = doc.get("text")
-        if "id" not in doc or not isinstance(text, str) or not text.strip():
-            raise DataFormatError(f"{path}:{number}: every passage needs an 'id' and non-empty 'text'.")
-        doc["id"] = _check_id(str(doc["id"]), path, number, "passage")
-        if doc["id"] in seen:
-            raise DataFormatError(f"{path}:{number}: passage id {doc['id']!r} appears twice.")
-        seen.add(doc["id"])
-        corpus.append(doc)
-    if not corpus:
-        raise DataFormatError(f"{path} holds no passages; a corpus needs at least one.")
+    corpus = _read_corpus(path)
+    seen = {doc["id"] for doc in corpus}
     corpus_path, qrels_path = path, folder / "qrels.tsv"
     qrels = read_qrels(qrels_path) if qrels_path.is_file() else {}
     queries = []

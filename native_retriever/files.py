@@ -69,6 +69,7 @@ _LEGACY: dict[str, list[tuple[set[str], set[str], tuple[str, str] | None]]] = {
         )
     ],
     "converted-model": [],
+    "data-folder": [],
 }
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp-[A-Za-z0-9_]+|old-[0-9a-f]+|old)$")
 _RENAME_EXCHANGE = 2

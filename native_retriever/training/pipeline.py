@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from ..conversation import PromptFormat
-from ..data import RetrievalData, load_data
+from ..data import RetrievalData, load_corpus, load_data
 from ..data import passage_queries as corpus_queries
 from ..errors import InvalidArgumentError
 from ..extras import require
-from ..files import check_output_folder
+from ..files import atomic_folder, check_output_folder
 from ..heads import ProjectionHead
 from .cache import cache_hidden_states, teacher_vectors
+from .synthetic import SyntheticConfig, SyntheticCounts, filter_by_teacher, generate_conversations
 from .trainer import Split, TrainConfig, head_config, train_head
 
 
@@ -54,9 +57,6 @@ def train_head_from_folders(
     the folder is checked before any data or model loads. The dev metrics are in ``head.config.metrics["dev"]``,
     the epochs in ``head.config.metrics["history"]``.
     """
-    from ..models import cache_dir, llm_info, load_llm
-    from ..teacher import Teacher
-
     folders = [train] if isinstance(train, str | os.PathLike) else list(train)
     if not folders:
         raise InvalidArgumentError("train_head_from_folders needs at least one training folder.")
@@ -69,25 +69,74 @@ def train_head_from_folders(
     sizes = per_folder(passage_queries or 0, len(folders), "passage_queries")
     if output is not None:
         output = check_output_folder(output, "head")  # before any data or model loads
-    config = config or TrainConfig()
     # every data file is read before any model loads
     train_data = [load_data(folder, max_queries=n) for folder, n in zip(folders, limits)]
     dev_data = load_data(dev, max_queries=max_dev_queries, require_judged=True) if dev is not None else None
-    if dev_holdout is not None:
-        stories = len({q.get("story_id", q["id"]) for q in train_data[0].queries})
-        if not 0 < dev_holdout < stories:
-            raise InvalidArgumentError(
-                f"dev_holdout (--dev-holdout) {dev_holdout}: the training queries of {folders[0]} hold {stories} "
-                f"conversations (by story_id); hold out between 1 and {stories - 1}, or give a dev folder (--dev)."
-            )
-    model, tokenizer = load_llm(llm, device=device)
-    loaded_teacher = Teacher.from_pretrained(teacher, device=device)
+    _check_holdout(train_data[0], dev_holdout, folders[0])
+    models = Models.load(llm, teacher, device)
+    return train_head_from_data(
+        train_data,
+        models,
+        dev_data,
+        dev_holdout=dev_holdout,
+        output=output,
+        config=config,
+        cache=cache,
+        passage_queries=sizes,
+        max_tokens=max_tokens,
+    )
+
+
+def _check_holdout(data: RetrievalData, dev_holdout: int | None, where: str) -> None:
+    if dev_holdout is None:
+        return
+    stories = len({q.get("story_id", q["id"]) for q in data.queries})
+    if not 0 < dev_holdout < stories:
+        raise InvalidArgumentError(
+            f"dev_holdout (--dev-holdout) {dev_holdout}: the training queries of {where} hold {stories} "
+            f"conversations (by story_id); hold out between 1 and {stories - 1}, or give a dev folder (--dev)."
+        )
+
+
+class Models:
+    """The LLM (model, tokenizer) and the teacher a training run uses."""
+
+    def __init__(self, model, tokenizer, teacher) -> None:
+        self.model, self.tokenizer, self.teacher = model, tokenizer, teacher
+
+    @classmethod
+    def load(cls, llm=None, teacher=None, device: str | None = None) -> Models:
+        """Load them offline (``load_llm``, ``Teacher.from_pretrained``)."""
+        from ..models import load_llm
+        from ..teacher import Teacher
+
+        model, tokenizer = load_llm(llm, device=device)
+        return cls(model, tokenizer, Teacher.from_pretrained(teacher, device=device))
+
+
+def train_head_from_data(
+    train_data: Sequence[RetrievalData],
+    models: Models,
+    dev_data: RetrievalData | None = None,
+    *,
+    dev_holdout: int | None = None,
+    output: Path | None = None,
+    config: TrainConfig | None = None,
+    cache: str | os.PathLike | None = None,
+    passage_queries: Sequence[int] | None = None,
+    max_tokens: int = 512,
+) -> ProjectionHead:
+    """:func:`train_head_from_folders` on data already read (``passage_queries``: one N per training set)."""
+    from ..models import cache_dir, llm_info
+
+    config = config or TrainConfig()
     fmt = PromptFormat(max_tokens=max_tokens)
     root = Path(cache or cache_dir() / "training")
+    model, tokenizer, teacher = models.model, models.tokenizer, models.teacher
 
     def split(data: RetrievalData) -> Split:
         states = cache_hidden_states(model, tokenizer, data, root / "states", layers=config.layers, prompt_format=fmt)
-        corpus, targets = teacher_vectors(loaded_teacher, data, root, config.target)
+        corpus, targets = teacher_vectors(teacher, data, root, config.target)
         return Split(data, states, corpus, targets)
 
     splits = [split(data) for data in train_data]
@@ -97,11 +146,99 @@ def train_head_from_folders(
         held_out = split(dev_data)
     # The dev set's relevant passages never become training text, so model selection stays fair.
     held = frozenset(doc for docs in held_out.data.qrels.values() for doc in docs)
+    sizes = list(passage_queries or [0] * len(splits))
     passages = [corpus_queries(s.data, tokenizer, n, exclude=held) for s, n in zip(splits, sizes) if n > 0]
     splits += [split(p) for p in passages if p.queries]  # a corpus whose first N passages are dev positives adds none
-    base = head_config(config, llm_info(model), loaded_teacher.info, fmt)
+    base = head_config(config, llm_info(model), teacher.info, fmt)
     head = train_head(splits, held_out, config, base)
     if output is not None:
-        history = json.dumps(head.config.metrics["history"], indent=2)
-        head.save_pretrained(output, extra_files={"training_log.json": history})
+        save_head(head, output)
     return head
+
+
+def save_head(head: ProjectionHead, output: str | os.PathLike) -> None:
+    """Save a trained head with its ``training_log.json`` (the epochs)."""
+    history = json.dumps(head.config.metrics["history"], indent=2)
+    head.save_pretrained(output, extra_files={"training_log.json": history})
+
+
+def synthetic_data(
+    corpus: str | os.PathLike,
+    models: Models,
+    *,
+    config: SyntheticConfig | None = None,
+    cache: str | os.PathLike | None = None,
+    max_passages: int | None = None,
+) -> tuple[RetrievalData, SyntheticCounts]:
+    """Training conversations for ``corpus`` (a folder of text / Markdown files, or a data folder's corpus) written
+    by ``models``' LLM and checked by its teacher (:mod:`native_retriever.training.synthetic`); generation is cached
+    under ``cache`` (default ``$NATIVE_RETRIEVER_HOME/training``) and resumes there."""
+    from ..models import cache_dir, llm_name
+
+    config = config or SyntheticConfig()
+    passages = load_corpus(corpus)[:max_passages]
+    root = Path(cache or cache_dir() / "training")
+    name = Path(os.path.abspath(corpus)).name or "corpus"
+    cache_file = root / "synthetic" / f"{name}-{config.key(llm_name(models.model))}.jsonl"
+    conversations, counts = generate_conversations(models.model, models.tokenizer, passages, cache_file, config)
+    data = filter_by_teacher(models.teacher, passages, conversations, counts, config.check_k, f"{name}-synthetic")
+    return data, counts
+
+
+def write_data_folder(data: RetrievalData, folder: str | os.PathLike) -> Path:
+    """Save ``data`` as a data folder (docs/data-format.md: ``corpus.jsonl.gz``, ``queries.jsonl.gz``,
+    ``qrels.tsv``), crash-safe; returns the folder."""
+    with atomic_folder(folder, "data-folder") as tmp:
+        for stem, records in (("corpus", data.corpus), ("queries", data.queries)):
+            with gzip.open(tmp / f"{stem}.jsonl.gz", "wt", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        lines = [f"{qid}\t0\t{doc}\t{rel}\n" for qid, docs in data.qrels.items() for doc, rel in docs.items()]
+        (tmp / "qrels.tsv").write_text("".join(lines), encoding="utf-8")
+    return Path(folder)
+
+
+def train_head_from_corpus(
+    corpus: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    config: TrainConfig | None = None,
+    synthetic: SyntheticConfig | None = None,
+    llm: str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
+    device: str | None = None,
+    cache: str | os.PathLike | None = None,
+    max_passages: int | None = None,
+    dev_fraction: float = 0.1,
+    max_tokens: int = 512,
+) -> tuple[ProjectionHead, SyntheticCounts]:
+    """Train a head for a corpus alone: the LLM's own conversations about its passages (:func:`synthetic_data`)
+    and the passages as one-message queries; the epoch is picked on the conversations of the last ``dev_fraction``
+    of the passages (their passages are not trained on). Returns the head and the generation's counts."""
+    if not 0 < dev_fraction < 1:
+        raise InvalidArgumentError(f"dev_fraction must be between 0 and 1, got {dev_fraction!r}.")
+    require("train", "ranx", what="Head training")
+    if output is not None:
+        output = check_output_folder(output, "head")  # before any data or model loads
+    load_corpus(corpus)  # an empty or unreadable folder fails before any model loads
+    models = Models.load(llm, teacher, device)
+    data, counts = synthetic_data(corpus, models, config=synthetic, cache=cache, max_passages=max_passages)
+    stories = len({q["story_id"] for q in data.queries})
+    if stories < 2:
+        raise InvalidArgumentError(
+            f"Only {stories} passage(s) kept a conversation after the teacher's check ({asdict(counts)}); a head "
+            "needs at least two, one to train on and one to pick the epoch on: give more (or longer) passages."
+        )
+    holdout = min(stories - 1, max(1, round(dev_fraction * stories)))
+    head = train_head_from_data(
+        [data],
+        models,
+        dev_holdout=holdout,
+        config=config,
+        cache=cache,
+        passage_queries=[len(data.corpus)],
+        max_tokens=max_tokens,
+    )
+    head.config.metrics["synthetic"] = asdict(counts)
+    if output is not None:
+        save_head(head, output)
+    return head, counts
