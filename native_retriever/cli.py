@@ -191,6 +191,7 @@ def _train_head_from_corpus(args) -> None:
         cache=args.cache,
         max_passages=args.max_passages,
         max_tokens=args.max_tokens,
+        init={None: True, "none": None}.get(args.init_head, args.init_head),
     )
     report = {"output": str(Path(args.output)), "conversations": dataclasses.asdict(counts)}
     print(json.dumps({**report, "dev": head.config.metrics["dev"]}, indent=2))
@@ -364,6 +365,12 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
         "DEFAULT_PROMPTS; docs/training.md) (default: those prompts)",
     )
     parser.add_argument("--max-passages", type=positive_int, help="the first N passages of the corpus (default: all)")
+    if parser.prog.endswith("train-head"):
+        parser.add_argument(
+            "--init-head",
+            help="with --corpus: the head to adapt to the corpus, a folder, or 'none' for a new head from the "
+            "architecture options (default: the shipped head made for the LLM, if any)",
+        )
 
 
 def _synthetic_config(args):

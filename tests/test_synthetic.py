@@ -185,3 +185,20 @@ def test_bad_corpus_input_fails_before_any_model_loads(tmp_path, capsys):
     prompts = ["write-conversations", "--corpus", str(tmp_path), "-o", str(tmp_path / "c"), "--prompts", str(bad)]
     assert "give a JSON object" in error(prompts)
     assert not Path(head).exists()
+
+
+def test_a_corpus_head_adapts_the_head_it_starts_from(
+    scripted, text_corpus, tiny_llm_folder, tiny_head_factory, tmp_path
+):
+    import torch
+
+    start = tiny_head_factory("attention", max_input_tokens=96)
+    start.save_pretrained(tmp_path / "start")
+    args = ["train-head", "--corpus", str(text_corpus), "--output", str(tmp_path / "head"), "--llm", tiny_llm_folder]
+    args += ["--cache", str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "8", "--rank-top-k", "4"]
+    assert main([*args, "--init-head", str(tmp_path / "start")]) == 0
+    head = ProjectionHead.from_pretrained(tmp_path / "head")
+    assert (head.config.architecture, head.config.d_model, head.config.max_input_tokens) == ("attention", 32, 96)
+    assert head.config.prompt_format == start.config.prompt_format
+    before, after = start.state_dict(), head.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)

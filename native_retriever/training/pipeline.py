@@ -18,7 +18,7 @@ from ..files import atomic_folder, check_output_folder
 from ..heads import ProjectionHead
 from .cache import cache_hidden_states, teacher_vectors
 from .synthetic import SyntheticConfig, SyntheticCounts, filter_by_teacher, generate_conversations
-from .trainer import Split, TrainConfig, head_config, train_head
+from .trainer import Split, TrainConfig, config_for_head, head_config, train_head
 
 
 def per_folder(value, folders: int, what: str) -> list:
@@ -125,12 +125,17 @@ def train_head_from_data(
     cache: str | os.PathLike | None = None,
     passage_queries: Sequence[int] | None = None,
     max_tokens: int = 512,
+    init: ProjectionHead | None = None,
 ) -> ProjectionHead:
-    """:func:`train_head_from_folders` on data already read (``passage_queries``: one N per training set)."""
+    """:func:`train_head_from_folders` on data already read (``passage_queries``: one N per training set).
+    ``init``: fine-tune this head (its architecture and prompt format are kept) rather than train a new one."""
     from ..models import cache_dir, llm_info
 
     config = config or TrainConfig()
     fmt = PromptFormat(max_tokens=max_tokens)
+    if init is not None:
+        config = config_for_head(config, init)
+        fmt = PromptFormat.from_dict(init.config.prompt_format)
     root = Path(cache or cache_dir() / "training")
     model, tokenizer, teacher = models.model, models.tokenizer, models.teacher
 
@@ -150,7 +155,7 @@ def train_head_from_data(
     passages = [corpus_queries(s.data, tokenizer, n, exclude=held) for s, n in zip(splits, sizes) if n > 0]
     splits += [split(p) for p in passages if p.queries]  # a corpus whose first N passages are dev positives adds none
     base = head_config(config, llm_info(model), teacher.info, fmt)
-    head = train_head(splits, held_out, config, base)
+    head = train_head(splits, held_out, config, base, init=init)
     if output is not None:
         save_head(head, output)
     return head
@@ -185,6 +190,24 @@ def synthetic_data(
     return data, counts
 
 
+def _initial_head(init: ProjectionHead | str | os.PathLike | bool | None, models: Models) -> ProjectionHead | None:
+    """The head to fine-tune: ``init`` itself, loaded from its folder, or (True) the shipped one for the LLM."""
+    from ..errors import NoShippedHeadError
+    from ..heads import shipped_head_for
+    from ..models import llm_info
+
+    if init is None or init is False:
+        return None
+    if init is True:
+        try:
+            init = shipped_head_for(llm_info(models.model))
+        except NoShippedHeadError:
+            return None  # an LLM with no shipped head: a new head
+    head = init if isinstance(init, ProjectionHead) else ProjectionHead.from_pretrained(init)
+    head.check_compatible(llm_info(models.model), models.teacher.info)  # a head for another LLM or teacher
+    return head
+
+
 def write_data_folder(data: RetrievalData, folder: str | os.PathLike) -> Path:
     """Save ``data`` as a data folder (docs/data-format.md: ``corpus.jsonl.gz``, ``queries.jsonl.gz``,
     ``qrels.tsv``), crash-safe; returns the folder."""
@@ -210,10 +233,13 @@ def train_head_from_corpus(
     max_passages: int | None = None,
     dev_fraction: float = 0.1,
     max_tokens: int = 512,
+    init: ProjectionHead | str | os.PathLike | bool | None = True,
 ) -> tuple[ProjectionHead, SyntheticCounts]:
     """Train a head for a corpus alone: the LLM's own conversations about its passages (:func:`synthetic_data`)
     and the passages as one-message queries; the epoch is picked on the conversations of the last ``dev_fraction``
-    of the passages (their passages are not trained on). Returns the head and the generation's counts."""
+    of the passages (their passages are not trained on). ``init``: the head to adapt (True: the shipped head made
+    for the LLM, when there is one; a head or its folder; False or None: a new head from ``config``). Returns the
+    head and the generation's counts."""
     if not 0 < dev_fraction < 1:
         raise InvalidArgumentError(f"dev_fraction must be between 0 and 1, got {dev_fraction!r}.")
     require("train", "ranx", what="Head training")
@@ -221,6 +247,7 @@ def train_head_from_corpus(
         output = check_output_folder(output, "head")  # before any data or model loads
     load_corpus(corpus)  # an empty or unreadable folder fails before any model loads
     models = Models.load(llm, teacher, device)
+    start = _initial_head(init, models)
     data, counts = synthetic_data(corpus, models, config=synthetic, cache=cache, max_passages=max_passages)
     stories = len({q["story_id"] for q in data.queries})
     if stories < 2:
@@ -237,6 +264,7 @@ def train_head_from_corpus(
         cache=cache,
         passage_queries=[len(data.corpus)],
         max_tokens=max_tokens,
+        init=start,
     )
     head.config.metrics["synthetic"] = asdict(counts)
     if output is not None:

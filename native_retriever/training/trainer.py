@@ -7,7 +7,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +121,15 @@ def dev_metrics(head: ProjectionHead, views: list[torch.Tensor], dev: Split) -> 
 
 
 def train_head(
-    train: list[Split], dev: Split, config: TrainConfig, base: HeadConfig, log_path: Path | None = None
+    train: list[Split],
+    dev: Split,
+    config: TrainConfig,
+    base: HeadConfig,
+    log_path: Path | None = None,
+    init: ProjectionHead | None = None,
 ) -> ProjectionHead:
-    """Train a head on ``train`` with early stopping on ``dev`` Recall@10; returns the best head."""
+    """Train a head on ``train`` with early stopping on ``dev`` Recall@10; returns the best head. ``init``: start
+    from a copy of this head (fine-tuning; ``config`` must describe its architecture: :func:`config_for_head`)."""
     require("train", "ranx", what="Head training (its dev metrics)")
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -147,7 +153,7 @@ def train_head(
     keep = [i for i, p in enumerate(positives) if p]
     dev_views = _spans(dev, config)
 
-    head = ProjectionHead(base)
+    head = copy.deepcopy(init) if init is not None else ProjectionHead(base)
     align, contrast = AlignmentLoss(), InfoNCE(config.contrastive_temperature)
     rank = ScoreDistillation(config.rank_temperature)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -210,6 +216,25 @@ def train_head(
     if log_path is not None:
         log_path.write_text(json.dumps(history, indent=2))
     return head.eval()
+
+
+ARCHITECTURE_FIELDS = (
+    "architecture",
+    "input_mode",
+    "span",
+    "layers",
+    "max_input_tokens",
+    "pool_window",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "dropout",
+)
+
+
+def config_for_head(config: TrainConfig, head: ProjectionHead) -> TrainConfig:
+    """``config`` with the architecture of ``head`` (to fine-tune it), its optimisation settings kept."""
+    return replace(config, **{name: copy.deepcopy(getattr(head.config, name)) for name in ARCHITECTURE_FIELDS})
 
 
 def head_config(config: TrainConfig, llm: dict, teacher: dict, prompt_format: PromptFormat) -> HeadConfig:
