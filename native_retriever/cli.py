@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from importlib.resources import files
@@ -169,8 +170,15 @@ def cmd_train_head(args) -> None:
         passage_queries=args.passage_queries,
         max_dev_queries=args.max_dev_queries,
         max_tokens=args.max_tokens,
+        shard_size=args.shard_size,
     )
-    print(json.dumps({"output": str(Path(args.output)), "dev": head.config.metrics["dev"]}, indent=2))
+    if _main_process():
+        print(json.dumps({"output": str(Path(args.output)), "dev": head.config.metrics["dev"]}, indent=2))
+
+
+def _main_process() -> bool:
+    """Whether this is the process that reports (rank 0 under torchrun / accelerate launch, or the only one)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train_head_from_corpus(args) -> None:
@@ -192,9 +200,11 @@ def _train_head_from_corpus(args) -> None:
         max_passages=args.max_passages,
         max_tokens=args.max_tokens,
         init={None: True, "none": None}.get(args.init_head, args.init_head),
+        shard_size=args.shard_size,
     )
     report = {"output": str(Path(args.output)), "conversations": dataclasses.asdict(counts)}
-    print(json.dumps({**report, "dev": head.config.metrics["dev"]}, indent=2))
+    if _main_process():
+        print(json.dumps({**report, "dev": head.config.metrics["dev"]}, indent=2))
 
 
 def cmd_write_conversations(args) -> None:
@@ -482,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--max-tokens", type=positive_int, default=512, help="conversation window in LLM tokens (default 512)"
+    )
+    train.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=256,
+        help="conversations per hidden-state cache shard: the unit of resuming, and of work split between the "
+        "processes of torchrun / accelerate launch (default 256)",
     )
     _add_synthetic(train)
     add_device(train)

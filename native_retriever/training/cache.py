@@ -32,6 +32,7 @@ from ..files import atomic_file
 from ..models import fingerprints_match, llm_info
 from ..states import token_states
 from ..teacher import Teacher, encoding_spec, texts_digest
+from .distributed import Ranks
 
 
 @dataclass
@@ -93,8 +94,16 @@ def cache_hidden_states(
     prompt_format: PromptFormat | None = None,
     batch_size: int = 4,
     shard_size: int = 256,
+    ranks: Ranks | None = None,
 ) -> HiddenStateCache:
-    """Compute (or resume) the hidden-state cache of ``data``'s queries and load it."""
+    """Compute (or resume) the hidden-state cache of ``data``'s queries and load it.
+
+    Under several processes (``ranks``, :mod:`native_retriever.training.distributed`) shard ``n`` is computed by
+    rank ``n % world``; all ranks wait for each other, then load every shard. Shard boundaries depend only on
+    ``shard_size``, so a cache started with one number of processes is resumed and used by any other, and equals
+    the one-process cache.
+    """
+    ranks = ranks or Ranks()
     layers = layers or [-1]
     fmt = prompt_format or PromptFormat()
     info = llm_info(model)
@@ -118,16 +127,29 @@ def cache_hidden_states(
         with atomic_file(manifest) as tmp:  # the data's name is recorded for people, never part of the key
             tmp.write_text(json.dumps({**spec, "llm": info, "data": data.name}, indent=2))
     shards = range(0, len(data.queries), shard_size)
-    with tqdm(total=len(data.queries), desc=f"Caching hidden states ({data.name})", unit="conv") as bar:
-        for number, start in enumerate(shards):
+    mine = [(n, start) for n, start in enumerate(shards) if n % ranks.world == ranks.rank]
+    total = sum(len(data.queries[start : start + shard_size]) for _, start in mine)
+    with tqdm(total=total, desc=f"Caching hidden states ({data.name})", unit="conv", disable=not total) as bar:
+        for number, start in mine:
             path = folder / f"shard-{number:05d}.safetensors"
             chunk = data.queries[start : start + shard_size]
-            ids_path = path.with_suffix(".json")
-            if not path.is_file() or json.loads(ids_path.read_text()) != [q["id"] for q in chunk]:
+            if not _shard_done(path, chunk):
                 _write_shard(model, tokenizer, chunk, fmt, layers, batch_size, path, bar)
             else:
                 bar.update(len(chunk))
+    ranks.barrier()  # every rank's shards are written
+    for number, start in enumerate(shards):
+        if not _shard_done(folder / f"shard-{number:05d}.safetensors", data.queries[start : start + shard_size]):
+            raise NativeRetrieverError(
+                f"Shard {number} of {folder} is missing or holds other conversations after every process finished; "
+                "run the command again (finished shards are kept)."
+            )
     return load_hidden_states(folder, shards=len(shards))
+
+
+def _shard_done(path: Path, chunk: list[dict]) -> bool:
+    ids_path = path.with_suffix(".json")
+    return path.is_file() and ids_path.is_file() and json.loads(ids_path.read_text()) == [q["id"] for q in chunk]
 
 
 def _write_shard(model, tokenizer, queries, fmt, layers, batch_size, path: Path, bar) -> None:
@@ -169,13 +191,30 @@ def load_hidden_states(folder: str | os.PathLike, shards: int | None = None) -> 
 
 
 def teacher_vectors(
-    teacher: Teacher, data: RetrievalData, root: str | os.PathLike, target: str = "history"
+    teacher: Teacher,
+    data: RetrievalData,
+    root: str | os.PathLike,
+    target: str = "history",
+    ranks: Ranks | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher vectors of the corpus and of each query's alignment target, cached as .npy files.
 
     ``target``: ``history`` (the whole conversation, cut from the oldest turns to the teacher's window),
-    ``history-N`` (the last N messages) or ``question`` (the current question alone).
+    ``history-N`` (the last N messages) or ``question`` (the current question alone). Under several processes
+    rank 0 encodes, the others wait and read its files.
     """
+    ranks = ranks or Ranks()
+    if not ranks.main:
+        ranks.barrier()  # rank 0 encodes first (its barrier below)
+        return _teacher_vectors(teacher, data, root, target)
+    vectors = _teacher_vectors(teacher, data, root, target)
+    ranks.barrier()
+    return vectors
+
+
+def _teacher_vectors(
+    teacher: Teacher, data: RetrievalData, root: str | os.PathLike, target: str
+) -> tuple[np.ndarray, np.ndarray]:
     texts = [d["text"] for d in data.corpus]
     spec = encoding_spec(teacher) | {"corpus": texts_digest(texts), "queries": queries_digest(data.queries)}
     folder = Path(root) / f"teacher-{_key(spec)}"

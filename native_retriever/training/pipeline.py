@@ -17,6 +17,7 @@ from ..extras import require
 from ..files import atomic_folder, check_output_folder
 from ..heads import ProjectionHead
 from .cache import cache_hidden_states, teacher_vectors
+from .distributed import ranks as current_ranks
 from .synthetic import SyntheticConfig, SyntheticCounts, filter_by_teacher, generate_conversations
 from .trainer import Split, TrainConfig, config_for_head, head_config, train_head
 
@@ -44,6 +45,7 @@ def train_head_from_folders(
     passage_queries: int | Sequence[int] | None = None,
     max_dev_queries: int | None = None,
     max_tokens: int = 512,
+    shard_size: int = 256,
 ) -> ProjectionHead:
     """Cache hidden states and teacher vectors of data folders, train a head with early stopping; return the best.
 
@@ -52,7 +54,9 @@ def train_head_from_folders(
     ``max_train_queries``: the first N judged queries of each folder (one N for all, or one per folder).
     ``passage_queries``: also train on the first N passages of each training corpus as one-message
     conversations (0: none), leaving out the dev set's relevant passages so model selection stays fair.
-    ``max_tokens``: the conversation window. ``cache``: where states and vectors are cached (default:
+    ``max_tokens``: the conversation window. ``shard_size``: conversations per hidden-state cache shard (the unit of
+    resuming, and of work split between processes under torchrun / accelerate launch). ``cache``: where states and
+    vectors are cached (default:
     ``$NATIVE_RETRIEVER_HOME/training``). With ``output`` the head is saved there (with ``training_log.json``);
     the folder is checked before any data or model loads. The dev metrics are in ``head.config.metrics["dev"]``,
     the epochs in ``head.config.metrics["history"]``.
@@ -84,6 +88,7 @@ def train_head_from_folders(
         cache=cache,
         passage_queries=sizes,
         max_tokens=max_tokens,
+        shard_size=shard_size,
     )
 
 
@@ -126,12 +131,14 @@ def train_head_from_data(
     passage_queries: Sequence[int] | None = None,
     max_tokens: int = 512,
     init: ProjectionHead | None = None,
+    shard_size: int = 256,
 ) -> ProjectionHead:
     """:func:`train_head_from_folders` on data already read (``passage_queries``: one N per training set).
     ``init``: fine-tune this head (its architecture and prompt format are kept) rather than train a new one."""
     from ..models import cache_dir, llm_info
 
     config = config or TrainConfig()
+    ranks = current_ranks()
     fmt = PromptFormat(max_tokens=max_tokens)
     if init is not None:
         config = config_for_head(config, init)
@@ -140,8 +147,17 @@ def train_head_from_data(
     model, tokenizer, teacher = models.model, models.tokenizer, models.teacher
 
     def split(data: RetrievalData) -> Split:
-        states = cache_hidden_states(model, tokenizer, data, root / "states", layers=config.layers, prompt_format=fmt)
-        corpus, targets = teacher_vectors(teacher, data, root, config.target)
+        states = cache_hidden_states(
+            model,
+            tokenizer,
+            data,
+            root / "states",
+            layers=config.layers,
+            prompt_format=fmt,
+            shard_size=shard_size,
+            ranks=ranks,
+        )
+        corpus, targets = teacher_vectors(teacher, data, root, config.target, ranks=ranks)
         return Split(data, states, corpus, targets)
 
     splits = [split(data) for data in train_data]
@@ -155,9 +171,10 @@ def train_head_from_data(
     passages = [corpus_queries(s.data, tokenizer, n, exclude=held) for s, n in zip(splits, sizes) if n > 0]
     splits += [split(p) for p in passages if p.queries]  # a corpus whose first N passages are dev positives adds none
     base = head_config(config, llm_info(model), teacher.info, fmt)
-    head = train_head(splits, held_out, config, base, init=init)
-    if output is not None:
+    head = train_head(splits, held_out, config, base, init=init, ranks=ranks)
+    if output is not None and ranks.main:  # the best head, written once
         save_head(head, output)
+    ranks.barrier()
     return head
 
 
@@ -185,7 +202,12 @@ def synthetic_data(
     root = Path(cache or cache_dir() / "training")
     name = Path(os.path.abspath(corpus)).name or "corpus"
     cache_file = root / "synthetic" / f"{name}-{config.key(llm_name(models.model))}.jsonl"
+    ranks = current_ranks()
+    if not ranks.main:
+        ranks.barrier()  # rank 0 writes the conversations (its barrier below); the others read its cache
     conversations, counts = generate_conversations(models.model, models.tokenizer, passages, cache_file, config)
+    if ranks.main:
+        ranks.barrier()
     data = filter_by_teacher(models.teacher, passages, conversations, counts, config.check_k, f"{name}-synthetic")
     return data, counts
 
@@ -234,6 +256,7 @@ def train_head_from_corpus(
     dev_fraction: float = 0.1,
     max_tokens: int = 512,
     init: ProjectionHead | str | os.PathLike | bool | None = True,
+    shard_size: int = 256,
 ) -> tuple[ProjectionHead, SyntheticCounts]:
     """Train a head for a corpus alone: the LLM's own conversations about its passages (:func:`synthetic_data`)
     and the passages as one-message queries; the epoch is picked on the conversations of the last ``dev_fraction``
@@ -265,8 +288,9 @@ def train_head_from_corpus(
         passage_queries=[len(data.corpus)],
         max_tokens=max_tokens,
         init=start,
+        shard_size=shard_size,
     )
     head.config.metrics["synthetic"] = asdict(counts)
-    if output is not None:
+    if output is not None and current_ranks().main:
         save_head(head, output)
     return head, counts

@@ -21,6 +21,7 @@ from ..extras import require
 from ..heads import HeadConfig, ProjectionHead
 from ..states import pad_states, select_tokens
 from .cache import HiddenStateCache
+from .distributed import Ranks
 from .losses import AlignmentLoss, InfoNCE, ScoreDistillation, contrastive_batch
 from .schedule import cosine_warmup
 
@@ -127,9 +128,15 @@ def train_head(
     base: HeadConfig,
     log_path: Path | None = None,
     init: ProjectionHead | None = None,
+    ranks: Ranks | None = None,
 ) -> ProjectionHead:
     """Train a head on ``train`` with early stopping on ``dev`` Recall@10; returns the best head. ``init``: start
-    from a copy of this head (fine-tuning; ``config`` must describe its architecture: :func:`config_for_head`)."""
+    from a copy of this head (fine-tuning; ``config`` must describe its architecture: :func:`config_for_head`).
+
+    Under several processes (``ranks``) the head is wrapped in ``DistributedDataParallel``: every rank walks the
+    same shuffled batches and takes its share of each (rows ``rank::world``), gradients are averaged across ranks,
+    and every rank scores the dev set with the same weights, so all stop at the same epoch with the same head."""
+    ranks = ranks or Ranks()
     require("train", "ranx", what="Head training (its dev metrics)")
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -154,6 +161,10 @@ def train_head(
     dev_views = _spans(dev, config)
 
     head = copy.deepcopy(init) if init is not None else ProjectionHead(base)
+    model = head
+    if ranks.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(head)
+    shuffler = random if ranks.world == 1 else random.Random(config.seed)  # the same batches on every rank
     align, contrast = AlignmentLoss(), InfoNCE(config.contrastive_temperature)
     rank = ScoreDistillation(config.rank_temperature)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -162,12 +173,19 @@ def train_head(
     best, best_state, history, stale = -1.0, None, [], 0
     for epoch in range(config.epochs):
         head.train()
-        random.shuffle(keep)
+        shuffler.shuffle(keep)
         started, totals = time.time(), {"align": 0.0, "contrastive": 0.0, "rank": 0.0}
-        for start in tqdm(range(0, len(keep), config.batch_size), desc=f"epoch {epoch + 1}", leave=False):
+        batches = tqdm(
+            range(0, len(keep), config.batch_size), desc=f"epoch {epoch + 1}", leave=False, disable=not ranks.main
+        )
+        for start in batches:
             rows = keep[start : start + config.batch_size]
+            if ranks.world > 1:
+                if len(rows) < ranks.world:
+                    continue  # a last batch too small to give every rank a row
+                rows = rows[ranks.rank :: ranks.world]
             batch, mask = pad_states([views[i].float() for i in rows])
-            student = head(batch, mask)
+            student = model(batch, mask)
             target = targets[rows]
             chosen = [random.choice(positives[i]) for i in rows]
             negatives = [n for i in rows for n in random.sample(hard[i], min(config.hard_negatives, len(hard[i])))]
@@ -199,9 +217,11 @@ def train_head(
                 "seconds": round(time.time() - started, 1),
             }
         )
-        tqdm.write(json.dumps(history[-1]))
-        if metrics["recall@10"] > best:
-            best, best_state, stale = metrics["recall@10"], copy.deepcopy(head.state_dict()), 0
+        if ranks.main:
+            tqdm.write(json.dumps(history[-1]))
+        recall = ranks.all_agree(metrics["recall@10"])
+        if recall > best:
+            best, best_state, stale = recall, copy.deepcopy(head.state_dict()), 0
             best_metrics = metrics
         else:
             stale += 1
@@ -213,7 +233,7 @@ def train_head(
         "config": asdict(config),
         "data": [{"name": s.data.name, "queries": len(s.states.ids), "passages": len(s.data.corpus)} for s in train],
     }
-    if log_path is not None:
+    if log_path is not None and ranks.main:
         log_path.write_text(json.dumps(history, indent=2))
     return head.eval()
 

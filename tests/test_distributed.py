@@ -1,0 +1,75 @@
+"""train-head under torchrun: two CPU processes on gloo cache exactly the one-process hidden states (each rank its
+shards), train data-parallel to the one-process dev metric within noise, write the head once, and a cache left
+incomplete by a dead rank is finished by a rerun with another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from native_retriever.heads import ProjectionHead
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _shards(cache: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        f"{p.parent.name}/{p.name}": load_file(str(p))
+        for p in sorted((cache / "states").glob("states-*/shard-*.safetensors"))
+    }
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_cache_the_same_states_and_train_to_the_same_dev_metric(
+    tiny_data_folder, tiny_llm_folder, tmp_path
+):
+    common = ["train-head", "--train", tiny_data_folder, "--dev", tiny_data_folder, "--llm", tiny_llm_folder]
+    common += ["--epochs", "4", "--architecture", "linear", "--d-model", "32", "--batch-size", "8", "--lr", "0.003"]
+    common += ["--max-tokens", "256", "--rank-top-k", "8", "--shard-size", "8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "native_retriever", *common, "--cache", str(one / "cache"), "-o", str(one / "head")])
+    launched = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "native_retriever",
+        ]
+        + [*common, "--cache", str(two / "cache"), "-o", str(two / "head")]
+    )
+    assert launched.stdout.count('"dev"') == 1  # rank 0 alone reports
+
+    single, sharded = _shards(one / "cache"), _shards(two / "cache")
+    assert len(single) > 2 and single.keys() == sharded.keys()
+    for name, tensors in single.items():
+        assert all(torch.equal(tensors[k], sharded[name][k]) for k in tensors), name
+
+    first = ProjectionHead.from_pretrained(one / "head").config.metrics["dev"]["recall@10"]
+    second = ProjectionHead.from_pretrained(two / "head").config.metrics["dev"]["recall@10"]
+    assert abs(first - second) <= 0.1, (first, second)
+    assert json.loads((two / "head" / "training_log.json").read_text())  # written once, whole
+
+    # a rank that died mid-run leaves shards missing: one process finishes the cache, the same as before
+    missing = next(iter(sorted((two / "cache" / "states").glob("states-*/shard-00001.*"))))
+    for path in missing.parent.glob("shard-00001.*"):
+        path.unlink()
+    _run([sys.executable, "-m", "native_retriever", *common, "--cache", str(two / "cache"), "-o", str(two / "again")])
+    assert _shards(two / "cache").keys() == single.keys()
