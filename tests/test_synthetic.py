@@ -202,3 +202,39 @@ def test_a_corpus_head_adapts_the_head_it_starts_from(
     assert head.config.prompt_format == start.config.prompt_format
     before, after = start.state_dict(), head.state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_ranks_share_out_the_batches_and_any_world_size_reads_them(scripted, tmp_path, monkeypatch):
+    import threading
+
+    from native_retriever.training.distributed import Ranks
+
+    meeting = threading.Barrier(2)
+    # two ranks as two threads meeting at the barriers
+    monkeypatch.setattr(Ranks, "barrier", lambda self: meeting.wait(timeout=60) if self.world > 1 else None)
+    docs, config = corpus(6), SyntheticConfig(batch_size=2)
+    single, _ = generate_conversations(None, None, docs, tmp_path / "one" / "c.jsonl", config)
+    alone = scripted["chats"]
+    cache = tmp_path / "two" / "c.jsonl"
+    results = {}
+
+    def rank(r: int) -> None:
+        try:
+            results[r] = generate_conversations(None, None, docs, cache, config, ranks=Ranks(r, 2))[0]
+        except BaseException as exc:  # reported below: a thread's exception does not reach the test
+            results[r] = exc
+            meeting.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not any(isinstance(r, BaseException) for r in results.values()), results
+    assert results[0] == results[1] == single and scripted["chats"] - alone == alone  # the work done once
+    # rank 0 wrote batches 0 and 2 (4 passages), rank 1 batch 1 (2 passages)
+    lines = {p.name: len(p.read_text().splitlines()) for p in cache.parent.iterdir()}
+    assert lines == {"c.rank0.jsonl": 4, "c.rank1.jsonl": 2}
+    before = scripted["chats"]
+    again, _ = generate_conversations(None, None, docs, cache, config)  # one process later: nothing left to write
+    assert again == single and scripted["chats"] == before

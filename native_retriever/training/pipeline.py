@@ -202,12 +202,9 @@ def synthetic_data(
     root = Path(cache or cache_dir() / "training")
     name = Path(os.path.abspath(corpus)).name or "corpus"
     cache_file = root / "synthetic" / f"{name}-{config.key(llm_name(models.model))}.jsonl"
-    ranks = current_ranks()
-    if not ranks.main:
-        ranks.barrier()  # rank 0 writes the conversations (its barrier below); the others read its cache
-    conversations, counts = generate_conversations(models.model, models.tokenizer, passages, cache_file, config)
-    if ranks.main:
-        ranks.barrier()
+    conversations, counts = generate_conversations(
+        models.model, models.tokenizer, passages, cache_file, config, ranks=current_ranks()
+    )
     data = filter_by_teacher(models.teacher, passages, conversations, counts, config.check_k, f"{name}-synthetic")
     return data, counts
 

@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 from ..conversation import history_text, tokenize_chat
 from ..data import RetrievalData
 from ..errors import DataFormatError, InvalidArgumentError
+from ..files import glob_escape
 from ..states import pad_token_id
+from .distributed import Ranks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -205,6 +207,16 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _read_caches(path: Path) -> dict[str, dict[str, dict]]:
+    """The cached lines of ``path`` and of its per-rank files (``<stem>.rank<r>.jsonl``): {passage id: {the
+    passage text's digest: line}}, so a conversation about an older text of a passage is never taken for it."""
+    done: dict[str, dict[str, dict]] = {}
+    for part in [path, *sorted(path.parent.glob(f"{glob_escape(path.stem)}.rank*{path.suffix}"))]:
+        for pid, record in _read_cache(part).items():
+            done.setdefault(pid, {})[record.get("sha")] = record
+    return done
+
+
 def _read_cache(path: Path) -> dict[str, dict]:
     """The cached lines by passage id (a later line wins); a last line cut off by a crash is dropped (and removed
     from the file)."""
@@ -234,36 +246,55 @@ def generate_conversations(
     cache_file: str | os.PathLike,
     config: SyntheticConfig | None = None,
     show_progress: bool | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[dict[str, list[dict]], SyntheticCounts]:
     """The LLM's conversation about each passage of ``corpus`` (``{"id", "text"}`` records), cached in
     ``cache_file`` (JSONL; a rerun writes only the passages not in it). Returns {passage id: messages} (passages too
-    short, or whose first question the LLM did not write, have none) and the counts so far."""
+    short, or whose first question the LLM did not write, have none) and the counts so far.
+
+    Under several processes (``ranks``) the batches still to write are dealt out, batch ``b`` to rank
+    ``b % world`` (the same batches one process would write, so the same conversations), each rank appending to
+    its own ``<cache>.rank<r>.jsonl``; every rank then reads all the files. Any later run, with any number of
+    processes, reads them all and resumes."""
     config = config or SyntheticConfig()
+    ranks = ranks or Ranks()
     path = Path(cache_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = _read_cache(path)
+    done = _read_caches(path)
+    ranks.barrier()  # every rank has read the same cache before any writes
     counts = SyntheticCounts(passages=len(corpus))
     todo = []
     for doc in corpus:
         if len(doc["text"].split()) < config.min_words:
             counts.too_short += 1
-        elif done.get(doc["id"], {}).get("sha") != _sha(doc["text"]):  # new, or its text changed
+        elif _sha(doc["text"]) not in done.get(doc["id"], {}):  # new, or its text changed
             todo.append(doc)
-    show = len(todo) > config.batch_size if show_progress is None else show_progress
+    batches = [todo[start : start + config.batch_size] for start in range(0, len(todo), config.batch_size)]
+    mine = batches[ranks.rank :: ranks.world]
+    total = sum(len(batch) for batch in mine)
+    show = (total > config.batch_size if show_progress is None else show_progress) and total > 0
+    own = path if ranks.world == 1 else path.with_name(f"{path.stem}.rank{ranks.rank}{path.suffix}")
     with (
-        open(path, "a", encoding="utf-8") as handle,
-        tqdm(total=len(todo), disable=not show, desc="Writing conversations", unit="passage") as bar,
+        open(own, "a", encoding="utf-8") as handle,
+        tqdm(total=total, disable=not show, desc="Writing conversations", unit="passage") as bar,
     ):
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
+        for batch in mine:
             for doc, messages in zip(batch, write_conversations(model, tokenizer, batch, config)):
-                done[doc["id"]] = {"passage": doc["id"], "sha": _sha(doc["text"]), "messages": messages}
-                handle.write(json.dumps(done[doc["id"]], ensure_ascii=False) + "\n")
+                record = {"passage": doc["id"], "sha": _sha(doc["text"]), "messages": messages}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
             bar.update(len(batch))
-    wanted = {doc["id"] for doc in corpus if len(doc["text"].split()) >= config.min_words}
-    conversations = {pid: r["messages"] for pid, r in done.items() if pid in wanted}
+    ranks.barrier()  # every rank's batches are written
+    done = _read_caches(path)
+    wanted = [doc for doc in corpus if len(doc["text"].split()) >= config.min_words]
+    missing = [doc["id"] for doc in wanted if _sha(doc["text"]) not in done.get(doc["id"], {})]
+    if missing:
+        raise DataFormatError(
+            f"No conversation was written for {len(missing)} passage(s) ({', '.join(missing[:3])}) after every "
+            "process finished; run the command again (the conversations written so far are kept)."
+        )
+    conversations = {doc["id"]: done[doc["id"]][_sha(doc["text"])]["messages"] for doc in wanted}
     counts.questions = sum(m["role"] == "user" for ms in conversations.values() for m in ms)
     counts.no_question = len(wanted) * config.turns - counts.questions
     return conversations, counts
