@@ -1,5 +1,5 @@
 """Checks that run before any work starts: output paths that can be written (and, for a package save, may be
-replaced), lists of texts that are lists."""
+replaced), lists of texts that are lists, counts that are counts."""
 
 from __future__ import annotations
 
@@ -78,3 +78,11 @@ def text_list(texts: Sequence[str], what: str) -> list[str]:
             f"wrap a single text in a list: {what}([text])."
         )
     return list(texts)
+
+
+def check_count(value: object, name: str, lowest: int = 1) -> int:
+    """``value`` when it is an integer (not a bool) of at least ``lowest``; otherwise InvalidArgumentError (a
+    ValueError) naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise InvalidArgumentError(f"{name} must be an integer >= {lowest}, got {value!r}")
+    return value

@@ -210,19 +210,13 @@ def _train_head_from_corpus(args) -> None:
 def cmd_write_conversations(args) -> None:
     """Write training conversations about a corpus with the LLM; save them as a data folder."""
     from .checks import check_output_path
-    from .data import load_corpus
-    from .training.pipeline import Models, synthetic_data, write_data_folder
+    from .training.pipeline import Models, corpus_passages, synthetic_data, write_data_folder
 
     check_output_path(args.output, "--output", kind="folder", saves="data-folder")
     config = _synthetic_config(args)
-    load_corpus(args.corpus)  # an empty or unreadable folder fails before any model loads
-    data, counts = synthetic_data(
-        args.corpus,
-        Models.load(args.llm, args.teacher, args.device),
-        config=config,
-        cache=args.cache,
-        max_passages=args.max_passages,
-    )
+    name, passages = corpus_passages(args.corpus, args.max_passages)  # fails before any model loads
+    models = Models.load(args.llm, args.teacher, args.device)
+    data, counts = synthetic_data(name, passages, models, config=config, cache=args.cache)
     write_data_folder(data, args.output)
     print(json.dumps({"output": str(Path(args.output)), "conversations": dataclasses.asdict(counts)}, indent=2))
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .checks import check_count
 from .compat import crop_cache
 
 if TYPE_CHECKING:
@@ -48,9 +49,7 @@ class ConversationCache:
     """The ``max_conversations`` most recently used conversations' caches (0 keeps none); thread-safe."""
 
     def __init__(self, max_conversations: int = 4) -> None:
-        if isinstance(max_conversations, bool) or not isinstance(max_conversations, int) or max_conversations < 0:
-            raise ValueError(f"max_conversations must be an integer >= 0, got {max_conversations!r}")
-        self.max_conversations = max_conversations
+        self.max_conversations = check_count(max_conversations, "max_conversations", 0)
         self._kept: OrderedDict[int, KeptConversation] = OrderedDict()
         self._lock = threading.Lock()
 

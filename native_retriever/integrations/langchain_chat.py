@@ -42,6 +42,7 @@ from pydantic import ConfigDict, PrivateAttr, field_validator
 
 from ..bm25 import DEFAULT_HYBRID, Hybrid
 from ..chat import TOOLS_ALTERNATIVE, ChatCall, as_local_llm, start_call
+from ..checks import check_count
 from ..errors import ConversationError
 from ..index import VectorIndex
 from ..tool_calls import require_tools_template
@@ -106,10 +107,7 @@ class NativeChatModel(BaseChatModel):
     @field_validator("max_new_tokens", "min_new_tokens", "max_conversations")
     @classmethod
     def _counts(cls, value: int, info: Any) -> int:
-        lowest = 1 if info.field_name == "max_new_tokens" else 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-            raise ValueError(f"{info.field_name} must be an integer >= {lowest}, got {value!r}")
-        return value
+        return check_count(value, info.field_name, 1 if info.field_name == "max_new_tokens" else 0)
 
     @property
     def _llm_type(self) -> str:

@@ -231,6 +231,11 @@ class NativeEmbedding(BaseEmbedding):
         return bind_conversation(history)
 
     @property
+    def reads_queries(self) -> bool:
+        """Whether the head reads a generated search query after the conversation (input mode ``query``)."""
+        return bool(getattr(self._embedder, "reads_queries", False))
+
+    @property
     def dimension(self) -> int:
         """Size of the vectors this embedding returns."""
         return int(self._embedder.dimension)
@@ -243,7 +248,7 @@ class NativeEmbedding(BaseEmbedding):
                 raise ConversationError("The query is empty; pass the user's current question.")
             return np.asarray(self._embedder.embed_query(query), dtype=np.float32).tolist()
         messages = _with_question(history, query)
-        if getattr(self._embedder, "reads_queries", False):  # a query-mode head: the agent's query after the chat
+        if self.reads_queries:  # a query-mode head: the agent's query after the chat
             vector = self._embedder.embed_generated_query(messages, _SEARCH_QUERY.get() or query)
         else:
             vector = self._embedder.embed_conversation(messages)

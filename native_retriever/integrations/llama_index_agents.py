@@ -112,7 +112,7 @@ def native_retrieval_tool(
     async def search(ctx: Context, query: str) -> list[NodeWithScore]:
         memory = await ctx.store.get("memory", default=None)
         conversation = up_to_last_question(await memory.aget_all() if memory is not None else [])
-        if conversation and getattr(retriever.embed_model.embedder, "reads_queries", False):
+        if conversation and retriever.embed_model.reads_queries:
             say_once(QUERY_NOT_CAPTURED)
         with bind_search_query(query):
             return await retriever.aretrieve_conversation(conversation or [{"role": "user", "content": query}])

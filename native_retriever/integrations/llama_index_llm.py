@@ -58,6 +58,7 @@ from llama_index.core.llms.llm import ToolSelection
 
 from ..bm25 import DEFAULT_HYBRID
 from ..chat import as_local_llm, start_call
+from ..checks import check_count
 from ..errors import ConversationError
 from ..turn_cache import ConversationCache
 
@@ -134,10 +135,7 @@ class NativeLLM(FunctionCallingLLM):
     @field_validator("k", "max_new_tokens", "min_new_tokens", "max_conversations")
     @classmethod
     def _counts(cls, value: int, info: Any) -> int:
-        lowest = 1 if info.field_name in ("k", "max_new_tokens") else 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-            raise ValueError(f"{info.field_name} must be an integer >= {lowest}, got {value!r}")
-        return value
+        return check_count(value, info.field_name, 1 if info.field_name in ("k", "max_new_tokens") else 0)
 
     @classmethod
     def class_name(cls) -> str:

@@ -184,23 +184,27 @@ def save_head(head: ProjectionHead, output: str | os.PathLike) -> None:
     head.save_pretrained(output, extra_files={"training_log.json": history})
 
 
+def corpus_passages(corpus: str | os.PathLike, max_passages: int | None = None) -> tuple[str, list[dict]]:
+    """(name, passages) of ``corpus``, a folder of text / Markdown files or a data folder's corpus
+    (``data.load_corpus``), its first ``max_passages`` (default all); an empty or unreadable folder raises."""
+    return Path(os.path.abspath(corpus)).name or "corpus", load_corpus(corpus)[:max_passages]
+
+
 def synthetic_data(
-    corpus: str | os.PathLike,
+    name: str,
+    passages: Sequence[dict],
     models: Models,
     *,
     config: SyntheticConfig | None = None,
     cache: str | os.PathLike | None = None,
-    max_passages: int | None = None,
 ) -> tuple[RetrievalData, SyntheticCounts]:
-    """Training conversations for ``corpus`` (a folder of text / Markdown files, or a data folder's corpus) written
-    by ``models``' LLM and checked by its teacher (:mod:`native_retriever.training.synthetic`); generation is cached
+    """Training conversations about ``passages`` (of the corpus ``name``: :func:`corpus_passages`) written by
+    ``models``' LLM and checked by its teacher (:mod:`native_retriever.training.synthetic`); generation is cached
     under ``cache`` (default ``$NATIVE_RETRIEVER_HOME/training``) and resumes there."""
     from ..models import cache_dir, llm_name
 
     config = config or SyntheticConfig()
-    passages = load_corpus(corpus)[:max_passages]
     root = Path(cache or cache_dir() / "training")
-    name = Path(os.path.abspath(corpus)).name or "corpus"
     cache_file = root / "synthetic" / f"{name}-{config.key(llm_name(models.model))}.jsonl"
     conversations, counts = generate_conversations(
         models.model, models.tokenizer, passages, cache_file, config, ranks=current_ranks()
@@ -217,13 +221,14 @@ def _initial_head(init: ProjectionHead | str | os.PathLike | bool | None, models
 
     if init is None or init is False:
         return None
+    llm = llm_info(models.model)
     if init is True:
         try:
-            init = shipped_head_for(llm_info(models.model))
+            init = shipped_head_for(llm)
         except NoShippedHeadError:
             return None  # an LLM with no shipped head: a new head
     head = init if isinstance(init, ProjectionHead) else ProjectionHead.from_pretrained(init)
-    head.check_compatible(llm_info(models.model), models.teacher.info)  # a head for another LLM or teacher
+    head.check_compatible(llm, models.teacher.info)  # a head for another LLM or teacher
     return head
 
 
@@ -265,10 +270,10 @@ def train_head_from_corpus(
     require("train", "ranx", what="Head training")
     if output is not None:
         output = check_output_folder(output, "head")  # before any data or model loads
-    load_corpus(corpus)  # an empty or unreadable folder fails before any model loads
+    name, passages = corpus_passages(corpus, max_passages)  # an empty or unreadable folder fails before models load
     models = Models.load(llm, teacher, device)
     start = _initial_head(init, models)
-    data, counts = synthetic_data(corpus, models, config=synthetic, cache=cache, max_passages=max_passages)
+    data, counts = synthetic_data(name, passages, models, config=synthetic, cache=cache)
     stories = len({q["story_id"] for q in data.queries})
     if stories < 2:
         raise InvalidArgumentError(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_count
 from ..conversation import history_text, tokenize_chat
 from ..data import RetrievalData
 from ..errors import DataFormatError, InvalidArgumentError
@@ -81,9 +82,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         for name in ("turns", "question_tokens", "answer_tokens", "batch_size", "check_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}.")
+            check_count(getattr(self, name), name)
         unknown = set(self.prompts) - set(DEFAULT_PROMPTS)
         if unknown:
             raise InvalidArgumentError(f"Unknown prompt keys {sorted(unknown)}; the keys are {list(DEFAULT_PROMPTS)}.")

@@ -238,6 +238,7 @@ def train_head(
     return head.eval()
 
 
+#: The TrainConfig fields a head's config records (they describe the head, not its optimisation).
 ARCHITECTURE_FIELDS = (
     "architecture",
     "input_mode",
@@ -262,16 +263,7 @@ def head_config(config: TrainConfig, llm: dict, teacher: dict, prompt_format: Pr
     return HeadConfig(
         hidden_size=llm["hidden_size"],
         output_dim=teacher["dim"],
-        architecture=config.architecture,
-        input_mode=config.input_mode,
-        span=config.span,
-        layers=list(config.layers),
-        max_input_tokens=config.max_input_tokens,
-        pool_window=config.pool_window,
-        d_model=config.d_model,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        dropout=config.dropout,
+        **{name: copy.deepcopy(getattr(config, name)) for name in ARCHITECTURE_FIELDS},
         llm=llm,
         teacher=teacher,
         prompt_format=prompt_format.to_dict(),
