@@ -243,6 +243,18 @@ def embedder(tiny_llm, tiny_tokenizer, tiny_head_factory, teacher):
     return NativeEmbedder(tiny_llm, tiny_tokenizer, head=tiny_head_factory("attention"), teacher=teacher)
 
 
+@pytest.fixture
+def query_embedder(embedder, tiny_head_factory, teacher, monkeypatch):
+    """A NativeEmbedder on the test embedder's LLM with a query-mode head, in a process that has said no notice yet
+    (``native_retriever.notices``)."""
+    import native_retriever.notices as notices
+    from native_retriever.embedder import NativeEmbedder
+
+    monkeypatch.setattr(notices, "_said", set())
+    head = tiny_head_factory("attention", input_mode="query")
+    return NativeEmbedder(embedder.model, embedder.tokenizer, head=head, teacher=teacher)
+
+
 @pytest.fixture(scope="session")
 def tiny_data_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data") / "tiny"

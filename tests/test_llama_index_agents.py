@@ -137,16 +137,8 @@ def test_the_retrieval_tool_reads_the_conversation_in_the_workflow_memory(retrie
 @pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
 @pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")
 def test_with_a_query_mode_head_the_tool_reads_the_agents_query_after_the_conversation(
-    embedder, tiny_head_factory, teacher, caplog, monkeypatch
+    embedder, query_embedder, caplog
 ):
-    import native_retriever.notices as notices
-    from native_retriever.embedder import NativeEmbedder
-
-    monkeypatch.setattr(notices, "_said", set())  # a fresh process, as far as the notice goes
-
-    query_embedder = NativeEmbedder(
-        embedder.model, embedder.tokenizer, head=tiny_head_factory("attention", input_mode="query"), teacher=teacher
-    )
     index = topic_index(embedder)
     retriever = NativeRetriever(index, NativeEmbedding(query_embedder), similarity_top_k=3, hybrid=None)
     messages = MULTI_TURN[0]
