@@ -5,7 +5,7 @@ per head): the coqa-dev columns of the ablation tables in docs/heads.md.
         runs/heads/* --output docs/heads-coqa-dev.json
 
 CACHE is train-head's --cache (default $NATIVE_RETRIEVER_HOME/training); the data folder's states are cached there
-first if missing (one LLM pass).
+first if missing (one LLM pass per head window).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from native_retriever.heads import ProjectionHead
 from native_retriever.models import cache_dir, load_llm
 from native_retriever.teacher import Teacher
 from native_retriever.training.cache import cache_hidden_states, teacher_vectors
-from native_retriever.training.trainer import Split, TrainConfig, _spans, dev_metrics
+from native_retriever.training.trainer import Split, dev_metrics
 
 
 def main() -> None:
@@ -35,16 +35,17 @@ def main() -> None:
     model, tokenizer = load_llm()
     data = load_data(args.data)
     fmt = PromptFormat.from_dict(first.prompt_format)
-    states = cache_hidden_states(model, tokenizer, data, args.cache / "states", layers=first.layers, prompt_format=fmt)
     corpus, targets = teacher_vectors(Teacher.from_pretrained(), data, args.cache, "history")
-    split = Split(data, states, corpus, targets)
     results = {}
     for name, head in heads.items():
         config = head.config
         if config.layers != first.layers or config.prompt_format != first.prompt_format:
             raise SystemExit(f"{name} reads other layers or another prompt format than {args.heads[0]}; score apart.")
-        views = _spans(split, TrainConfig(span=config.span, max_input_tokens=config.max_input_tokens))
-        results[name] = {**dev_metrics(head, views, split), "held_out": config.metrics["dev"]}
+        window = (config.span, config.max_input_tokens)  # heads of one window share a cache
+        states = cache_hidden_states(
+            model, tokenizer, data, args.cache / "states", window=window, layers=first.layers, prompt_format=fmt
+        )
+        results[name] = {**dev_metrics(head, Split(data, states, corpus, targets)), "held_out": config.metrics["dev"]}
         print(name, json.dumps(results[name]), flush=True)
     if args.output:
         args.output.write_text(json.dumps({"data": data.name, "heads": results}, indent=2) + "\n")

@@ -337,7 +337,7 @@ TRAIN_HELP = {
     "hard_negatives": "hard negatives per query per step, sampled from the teacher's top --hard-pool non-positives",
     "hard_pool": "teacher-ranked non-positives the hard negatives are drawn from",
     "rank_top_k": "teacher top passages the score KL covers",
-    "patience": "epochs without a better dev Recall@10 before stopping",
+    "patience": "epochs without a better dev Recall@10 (ties: a better MRR@10) before stopping",
     "seed": "random seed",
 }
 

@@ -17,10 +17,16 @@ from native_retriever.data import load_data, passage_queries
 from native_retriever.errors import NativeRetrieverError
 from native_retriever.heads import ProjectionHead
 from native_retriever.models import llm_info
-from native_retriever.states import token_states
-from native_retriever.training.cache import cache_hidden_states, load_hidden_states, target_text, teacher_vectors
+from native_retriever.states import select_tokens, token_states
+from native_retriever.training.cache import (
+    cache_hidden_states,
+    cache_spec,
+    load_hidden_states,
+    target_text,
+    teacher_vectors,
+)
 from native_retriever.training.losses import AlignmentLoss, InfoNCE, ScoreDistillation
-from native_retriever.training.trainer import Split, TrainConfig, _spans, dev_metrics, head_config, train_head
+from native_retriever.training.trainer import Split, TrainConfig, dev_metrics, head_config, train_head
 
 FMT = PromptFormat(max_tokens=256)
 SMALL = dict(
@@ -35,6 +41,7 @@ SMALL = dict(
     rank_top_k=8,
     patience=100,
 )
+WINDOW = (SMALL["span"], TrainConfig.max_input_tokens)  # the tokens the SMALL heads read
 
 
 @pytest.fixture(scope="module")
@@ -45,27 +52,44 @@ def data(tiny_data_folder):
 @pytest.fixture(scope="module")
 def split(tiny_llm, tiny_tokenizer, teacher, data, tmp_path_factory):
     root = tmp_path_factory.mktemp("train-cache")
-    states = cache_hidden_states(tiny_llm, tiny_tokenizer, data, root / "states", prompt_format=FMT, shard_size=16)
+    states = cache_hidden_states(
+        tiny_llm, tiny_tokenizer, data, root / "states", window=WINDOW, prompt_format=FMT, shard_size=16
+    )
     corpus, targets = teacher_vectors(teacher, data, root, "history")
     return Split(data, states, corpus, targets)
 
 
 # -- hidden-state cache ---------------------------------------------------------------------------------------
-def test_cache_holds_the_inference_token_states(split, tiny_llm, tiny_tokenizer, data):
+def _expected_window(tiny_llm, tiny_tokenizer, query, window):
+    encoded = encode_conversation(tiny_tokenizer, query["messages"], FMT, query=query["question"])
+    start, end = select_tokens(encoded, *window)
+    return token_states(tiny_llm, [encoded.input_ids], [-1])[0][start:end]
+
+
+def test_cache_holds_only_the_heads_window_of_the_inference_states(split, tiny_llm, tiny_tokenizer, data, tmp_path):
     cache = split.states
-    assert cache.ids == [q["id"] for q in data.queries]
-    assert cache.states.dtype == torch.float16 and cache.states.shape[1] == 64
-    for i in (0, 17, len(cache.ids) - 1):
-        query = data.queries[i]
-        encoded = encode_conversation(tiny_tokenizer, query["messages"], FMT, query=query["question"])
-        expected = token_states(tiny_llm, [encoded.input_ids], [-1])[0]
-        torch.testing.assert_close(cache.example(i).float(), expected, atol=2e-2, rtol=1e-2)
-        assert cache.encoded(i).last_user == encoded.last_user
-        assert cache.encoded(i).query == encoded.query
+    assert cache.ids == [q["id"] for q in data.queries] and len(cache) == len(data.queries)
+    for i in (0, 17, len(cache) - 1):
+        expected = _expected_window(tiny_llm, tiny_tokenizer, data.queries[i], WINDOW)
+        assert cache[i].dtype == torch.float16 and cache[i].shape == expected.shape
+        torch.testing.assert_close(cache[i].float(), expected, atol=2e-2, rtol=1e-2)
+
+    window = ("all", 8)  # the last 8 tokens before the appended question, nothing else
+    short = cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, window=window, prompt_format=FMT)
+    for i in (0, len(short) - 1):
+        torch.testing.assert_close(
+            short[i].float(), _expected_window(tiny_llm, tiny_tokenizer, data.queries[i], window), atol=2e-2, rtol=1e-2
+        )
+    assert short.tokens == 8 * len(short) and short.nbytes == short.tokens * 2 * 64
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    on_disk = sum(p.stat().st_size for p in folder.glob("shard-*.safetensors"))
+    assert short.nbytes <= on_disk <= short.nbytes + 1024  # float16 states and a small header, nothing more
 
 
 def test_cache_resumes_recomputing_only_a_missing_shard(tiny_llm, tiny_tokenizer, data, tmp_path, monkeypatch):
-    first = cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=16)
+    first = cache_hidden_states(
+        tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=16
+    )
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     shards = sorted(folder.glob("shard-*.safetensors"))
     assert len(shards) == math.ceil(len(data.queries) / 16) == 3
@@ -78,27 +102,92 @@ def test_cache_resumes_recomputing_only_a_missing_shard(tiny_llm, tiny_tokenizer
         return token_states(model, sequences, layers)
 
     monkeypatch.setattr(cache_mod, "token_states", counting)
-    second = cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=16)
+    second = cache_hidden_states(
+        tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=16
+    )
 
     assert sum(computed) == 16  # only the deleted shard's conversations went through the LLM again
     assert second.ids == first.ids
-    torch.testing.assert_close(second.states, first.states, atol=0, rtol=0)
-    for name in ("offsets", "last_user", "query"):
-        assert torch.equal(getattr(second, name), getattr(first, name)), name
+    for i in range(len(first)):
+        assert torch.equal(second[i], first[i]), i
 
     computed.clear()
-    third = cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=16)
+    third = cache_hidden_states(
+        tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=16
+    )
     assert computed == [] and third.ids == first.ids
     assert load_hidden_states(folder).ids == first.ids
 
 
 def test_cache_refuses_states_of_another_llm(tiny_llm, tiny_tokenizer, data, tmp_path, make_tiny_llm):
-    cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=64)
+    cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=64)
     other = make_tiny_llm(seed=5, initializer_range=0.05)
     other.config.name_or_path = tiny_llm.config.name_or_path  # same name, other weights
     with pytest.raises(NativeRetrieverError) as info:
-        cache_hidden_states(other, tiny_tokenizer, data, tmp_path, prompt_format=FMT, shard_size=64)
-    assert "another LLM's weights" in str(info.value) and "delete it or use another cache" in str(info.value)
+        cache_hidden_states(other, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=64)
+    assert "built for another llm" in str(info.value) and "delete it or use another cache" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "layers", "window"), [("window", [-1], ("all", 64)), ("layers", [-2], WINDOW), ("llm", [-1], WINDOW)]
+)
+def test_opening_a_cache_for_another_window_layers_or_llm_is_refused(
+    tiny_llm, tiny_tokenizer, data, tmp_path, make_tiny_llm, field, layers, window
+):
+    cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=64)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    model = make_tiny_llm(seed=5, initializer_range=0.05) if field == "llm" else tiny_llm
+    assert len(load_hidden_states(folder, expect=cache_spec(tiny_llm, tiny_tokenizer, [-1], WINDOW, FMT))) == len(
+        data.queries
+    )
+    with pytest.raises(NativeRetrieverError, match=f"built for another {field} ") as info:
+        load_hidden_states(folder, expect=cache_spec(model, tiny_tokenizer, layers, window, FMT))
+    assert "delete it or use another cache folder" in str(info.value)
+
+
+def test_a_damaged_shard_is_named_with_the_fix(tiny_llm, tiny_tokenizer, data, tmp_path):
+    cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=16)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    shard = folder / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])  # cut short, as a failing disk might leave it
+    with pytest.raises(NativeRetrieverError, match="shard-00001.safetensors is damaged .*delete it and rerun"):
+        cache_hidden_states(tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=16)
+    shard.unlink()  # the fix the message gives: only that shard is computed again
+    again = cache_hidden_states(
+        tiny_llm, tiny_tokenizer, data, tmp_path, window=WINDOW, prompt_format=FMT, shard_size=16
+    )
+    assert len(again) == len(data.queries)
+
+
+def test_training_refuses_a_cache_of_another_window(split, tiny_llm, teacher):
+    config = TrainConfig(**{**SMALL, "span": "all"}, epochs=1)
+    with pytest.raises(NativeRetrieverError, match="holds window .*'last_user'.* but this head reads window .*'all'"):
+        train_head([split], split, config, _base(config, tiny_llm, teacher))
+
+
+def test_the_cache_is_memory_mapped_not_read_into_ram(tmp_path):
+    from safetensors.torch import save_file
+
+    def anonymous_rss() -> int:  # bytes of this process's memory not backed by a file
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssAnon:"))) * 1024
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux /proc")
+    rows, hidden, per_example = 65_536, 1024, 64  # 128 MiB of float16 states, 1,024 examples
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": cache_mod.CACHE_FORMAT, "hidden_size": hidden}))
+    offsets = torch.arange(0, rows + 1, per_example)
+    save_file(
+        {"states": torch.ones(rows, hidden, dtype=torch.float16), "offsets": offsets},
+        tmp_path / "shard-00000.safetensors",
+    )
+    (tmp_path / "shard-00000.json").write_text(json.dumps([f"q{i}" for i in range(len(offsets) - 1)]))
+
+    before = anonymous_rss()
+    cache = load_hidden_states(tmp_path)
+    total = sum(float(cache[i][0, 0]) for i in range(len(cache)))
+    assert total == len(cache) == 1024 and cache.nbytes == rows * hidden * 2
+    assert anonymous_rss() - before < 32 * 2**20  # a cache read whole would add 128 MiB
 
 
 def test_teacher_targets(teacher, data):
@@ -154,7 +243,7 @@ def test_caches_are_keyed_by_content_not_by_the_data_folders_name(
 
     def caches(data):
         llm_calls.clear(), teacher_calls.clear()
-        states = cache_hidden_states(tiny_llm, tiny_tokenizer, data, root / "states", prompt_format=FMT)
+        states = cache_hidden_states(tiny_llm, tiny_tokenizer, data, root / "states", window=WINDOW, prompt_format=FMT)
         corpus, targets = teacher_vectors(teacher, data, root, "question")
         return states, corpus, targets
 
@@ -174,20 +263,23 @@ def test_caches_are_keyed_by_content_not_by_the_data_folders_name(
     query = edited.queries[2]
     encoded = encode_conversation(tiny_tokenizer, query["messages"], FMT, query=query["question"])
     expected = token_states(tiny_llm, [encoded.input_ids], [-1])[0]
-    torch.testing.assert_close(states_b.example(2).float(), expected, atol=2e-2, rtol=1e-2)
-    assert states_b.example(2).shape != states.example(2).shape
+    start, end = select_tokens(encoded, *WINDOW)
+    torch.testing.assert_close(states_b[2].float(), expected[start:end], atol=2e-2, rtol=1e-2)
+    assert states_b[2].shape != states[2].shape
 
     # the same content under another folder name: everything is reused
     states_c, corpus_c, targets_c = caches(renamed)
     assert llm_calls == [] and teacher_calls == []
-    torch.testing.assert_close(states_c.states, states.states, atol=0, rtol=0)
+    assert all(torch.equal(states_c[i], states[i]) for i in range(len(states)))
     np.testing.assert_array_equal(corpus_c, corpus)
     np.testing.assert_array_equal(targets_c, targets)
 
-    # another window is another hidden-state cache, never the old one
-    cache_hidden_states(tiny_llm, tiny_tokenizer, first, root / "states", prompt_format=PromptFormat(max_tokens=128))
-    assert sum(llm_calls) == 6
-    assert len([p for p in (root / "states").iterdir() if p.is_dir()]) == 3
+    # another prompt window or head window is another hidden-state cache, never the old one
+    fmt = PromptFormat(max_tokens=128)
+    cache_hidden_states(tiny_llm, tiny_tokenizer, first, root / "states", window=WINDOW, prompt_format=fmt)
+    cache_hidden_states(tiny_llm, tiny_tokenizer, first, root / "states", window=("all", 32), prompt_format=FMT)
+    assert sum(llm_calls) == 12
+    assert len([p for p in (root / "states").iterdir() if p.is_dir()]) == 4
 
 
 # -- training -------------------------------------------------------------------------------------------------
@@ -198,11 +290,11 @@ def _base(config: TrainConfig, tiny_llm, teacher):
 def test_train_head_beats_a_random_head_on_its_training_set(split, tiny_llm, teacher, tmp_path):
     config = TrainConfig(**SMALL, epochs=5)
     base = _base(config, tiny_llm, teacher)
-    random_recall = dev_metrics(ProjectionHead(base), _spans(split, config), split)["recall@10"]
+    random_recall = dev_metrics(ProjectionHead(base), split)["recall@10"]
 
     head = train_head([split], split, config, base, log_path=tmp_path / "log.json")
 
-    trained = dev_metrics(head, _spans(split, config), split)
+    trained = dev_metrics(head, split)
     assert trained["recall@10"] >= random_recall + 0.3
     assert trained["recall@10"] >= 0.8
     history = head.config.metrics["history"]
@@ -224,7 +316,9 @@ def test_early_stopping_keeps_the_best_epoch(split, tiny_llm, teacher):
     head = train_head([split], split, config, _base(config, tiny_llm, teacher))
     history = head.config.metrics["history"]
     assert len(history) < 6  # stopped once dev Recall@10 stopped improving
-    assert head.config.metrics["dev"]["recall@10"] == max(h["recall@10"] for h in history)
+    best = max(history, key=lambda h: (h["recall@10"], h["mrr@10"]))  # ties on recall go to the better MRR
+    assert head.config.metrics["dev"]["recall@10"] == best["recall@10"]
+    assert head.config.metrics["dev"]["mrr@10"] == best["mrr@10"]
 
 
 @pytest.mark.parametrize("zeroed", ["align_weight", "contrastive_weight", "rank_weight"])
@@ -308,8 +402,7 @@ def test_split_off_holds_out_whole_conversations(split):
         assert set(part.data.qrels) == set(part.states.ids) == {q["id"] for q in part.data.queries}
         for row, qid in enumerate(part.states.ids):
             i = split.states.ids.index(qid)
-            assert torch.equal(part.states.example(row), split.states.example(i))
-            assert part.states.encoded(row) == split.states.encoded(i)
+            assert torch.equal(part.states[row], split.states[i])
             np.testing.assert_array_equal(part.targets[row], split.targets[i])
 
 

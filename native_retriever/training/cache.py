@@ -1,66 +1,92 @@
 """Cache LLM hidden states and teacher vectors once, so head epochs cost only the head.
 
-A hidden-state cache is a folder of shards (``shard-00000.safetensors`` + ``.json``), each holding the token
-states of a few hundred conversations rendered by the shared formatter with the question appended as the agent's
-search query (so one pass serves both ``context`` and ``query`` heads: a causal LM's prefix states do not depend
-on what follows). Finished shards are kept, so an interrupted run resumes where it stopped.
+A hidden-state cache is a folder of shards (``shard-00000.safetensors`` + ``.json``), each holding, for a few hundred
+conversations rendered by the shared formatter, only the token states the head reads: its window (``span``, at most
+``max_input_tokens`` tokens, :func:`native_retriever.states.select_tokens`), in float16. Shards are memory-mapped,
+never read whole, so a cache larger than RAM trains; finished shards are kept, so an interrupted run resumes.
 
 Every cache folder is named by a digest of what it was computed from, never by the data folder's name: the
-queries' content, the layers, the prompt format (window included) and the tokenizer for hidden states; the
-corpus, the queries, the teacher's identity, window and normalisation for teacher vectors. Edited data, or another
-folder of the same name, gets a folder of its own; the same data under another name reuses the cache. A folder
-cached from another LLM's weights under the same name is refused.
+queries' content, the layers, the window, the prompt format and the tokenizer for hidden states; the corpus, the
+queries, the teacher's identity, window and normalisation for teacher vectors. Edited data, or another folder of
+the same name, gets a folder of its own; the same data under another name reuses the cache. A folder whose
+manifest says it was built from another LLM's weights, for other layers or for another window is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..conversation import EncodedConversation, PromptFormat, encode_conversation
+from ..conversation import PromptFormat, encode_conversation
 from ..data import RetrievalData
 from ..errors import NativeRetrieverError
 from ..files import atomic_file
 from ..models import fingerprints_match, llm_info
-from ..states import token_states
+from ..states import select_tokens, token_states
 from ..teacher import Teacher, encoding_spec, texts_digest
 from .distributed import Ranks
 
+#: Bumped when the shard layout changes (a cache of another format gets a folder of its own).
+CACHE_FORMAT = 2
 
-@dataclass
-class HiddenStateCache:
-    """Token states of many conversations, concatenated: example i is ``states[offsets[i]:offsets[i+1]]``."""
 
-    ids: list[str]
-    states: torch.Tensor  # (total tokens, H), float16
-    offsets: torch.Tensor  # (n + 1,)
-    last_user: torch.Tensor  # (n, 2) token spans
-    query: torch.Tensor  # (n, 2) token spans of the appended question
+class HiddenStateCache(Sequence[torch.Tensor]):
+    """The cached window states of many conversations: ``cache[i]`` is example i's (T, H) float16 tensor, read from
+    its memory-mapped shard when asked for (only the pages touched come into RAM)."""
 
-    def encoded(self, i: int) -> EncodedConversation:
-        """Spans of example i in the form the embedder's token selection reads."""
-        length = int(self.offsets[i + 1] - self.offsets[i])
-        return EncodedConversation([0] * length, tuple(self.last_user[i].tolist()), tuple(self.query[i].tolist()), 0)
+    def __init__(self, ids: list[str], spec: dict, shards: list, locations: torch.Tensor) -> None:
+        self.ids, self.spec = ids, spec  # spec: the manifest's llm, layers, window, prompt format, ...
+        self._shards = shards  # open safetensors files, one per shard
+        self._locations = locations  # (n, 3): shard, first token row, end token row
 
-    def example(self, i: int) -> torch.Tensor:
-        """The cached hidden states (T, H) of example `i`."""
-        return self.states[self.offsets[i] : self.offsets[i + 1]]
+    def __len__(self) -> int:
+        return len(self.ids)
 
-    def select(self, rows: list[int]) -> HiddenStateCache:
-        """A new cache holding examples ``rows`` (in that order)."""
-        lengths = torch.tensor([0] + [int(self.offsets[i + 1] - self.offsets[i]) for i in rows])
-        states = torch.cat([self.example(i) for i in rows]) if rows else self.states[:0]
-        return HiddenStateCache(
-            [self.ids[i] for i in rows], states, lengths.cumsum(0), self.last_user[rows], self.query[rows]
-        )
+    def __getitem__(self, i):  # type: ignore[override]
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError("HiddenStateCache is indexed by one example number; use select() for several.") from None
+        shard, start, end = self._locations[i].tolist()
+        return self._shards[shard].get_slice("states")[start:end]
+
+    def select(self, rows: Sequence[int]) -> HiddenStateCache:
+        """A cache of examples ``rows`` (in that order), on the same shards."""
+        rows = list(rows)
+        return HiddenStateCache([self.ids[i] for i in rows], self.spec, self._shards, self._locations[rows])
+
+    @property
+    def tokens(self) -> int:
+        """Window tokens stored for these examples."""
+        return int((self._locations[:, 2] - self._locations[:, 1]).sum())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of float16 states stored for these examples (the shards' size, less their small headers)."""
+        return self.tokens * 2 * int(self.spec["hidden_size"])
+
+
+def concat_caches(caches: Sequence[HiddenStateCache]) -> HiddenStateCache:
+    """One cache of all examples of ``caches``, in order (their shards stay where they are)."""
+    shards, locations, ids = [], [], []
+    for cache in caches:
+        locations.append(cache._locations + torch.tensor([len(shards), 0, 0]))
+        shards += cache._shards
+        ids += cache.ids
+    spec = caches[0].spec if caches else {}
+    return HiddenStateCache(
+        ids, spec, shards, torch.cat(locations) if locations else torch.zeros((0, 3), dtype=torch.long)
+    )
 
 
 def _key(payload: dict) -> str:
@@ -84,48 +110,54 @@ def tokenizer_digest(tokenizer) -> str:
     return _json_digest([vocabulary, getattr(tokenizer, "chat_template", None), special])
 
 
+def cache_spec(model, tokenizer, layers: Sequence[int], window: tuple[str, int], prompt_format: PromptFormat) -> dict:
+    """What a hidden-state cache is computed from (its queries aside): checked whenever a cache is opened."""
+    span, max_input_tokens = window
+    return {
+        "format": CACHE_FORMAT,
+        "llm": llm_info(model),
+        "hidden_size": int(model.config.hidden_size),
+        "layers": list(layers),
+        "window": {"span": span, "max_input_tokens": int(max_input_tokens)},
+        "prompt_format": prompt_format.to_dict(),
+        "tokenizer": tokenizer_digest(tokenizer),
+    }
+
+
 def cache_hidden_states(
     model,
     tokenizer,
     data: RetrievalData,
     root: str | os.PathLike,
     *,
+    window: tuple[str, int],
     layers: list[int] | None = None,
     prompt_format: PromptFormat | None = None,
     batch_size: int = 4,
     shard_size: int = 256,
     ranks: Ranks | None = None,
 ) -> HiddenStateCache:
-    """Compute (or resume) the hidden-state cache of ``data``'s queries and load it.
+    """Compute (or resume) the hidden-state cache of ``data``'s queries and open it.
 
-    Under several processes (``ranks``, :mod:`native_retriever.training.distributed`) shard ``n`` is computed by
-    rank ``n % world``; all ranks wait for each other, then load every shard. Shard boundaries depend only on
+    ``window``: the head's ``(span, max_input_tokens)``; only those tokens' states are stored. Under several
+    processes (``ranks``, :mod:`native_retriever.training.distributed`) shard ``n`` is computed by rank
+    ``n % world``; all ranks wait for each other, then open every shard. Shard boundaries depend only on
     ``shard_size``, so a cache started with one number of processes is resumed and used by any other, and equals
     the one-process cache.
     """
     ranks = ranks or Ranks()
     layers = layers or [-1]
     fmt = prompt_format or PromptFormat()
-    info = llm_info(model)
-    spec = {
-        "llm": info["name"],
-        "layers": layers,
-        "prompt_format": fmt.to_dict(),
-        "tokenizer": tokenizer_digest(tokenizer),
-        "queries": queries_digest(data.queries),
-    }
-    folder = Path(root) / f"states-{_key(spec)}"
+    spec = cache_spec(model, tokenizer, layers, window, fmt)
+    keyed = {**spec, "llm": spec["llm"]["name"], "queries": queries_digest(data.queries)}
+    folder = Path(root) / f"states-{_key(keyed)}"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
     if manifest.is_file():
-        previous = json.loads(manifest.read_text())
-        if not fingerprints_match(previous["llm"]["fingerprint"], info["fingerprint"]):
-            raise NativeRetrieverError(
-                f"{folder} was cached from another LLM's weights; delete it or use another cache."
-            )
+        check_manifest(folder, spec)
     else:
         with atomic_file(manifest) as tmp:  # the data's name is recorded for people, never part of the key
-            tmp.write_text(json.dumps({**spec, "llm": info, "data": data.name}, indent=2))
+            tmp.write_text(json.dumps({**spec, "queries": keyed["queries"], "data": data.name}, indent=2))
     shards = range(0, len(data.queries), shard_size)
     mine = [(n, start) for n, start in enumerate(shards) if n % ranks.world == ranks.rank]
     total = sum(len(data.queries[start : start + shard_size]) for _, start in mine)
@@ -134,7 +166,7 @@ def cache_hidden_states(
             path = folder / f"shard-{number:05d}.safetensors"
             chunk = data.queries[start : start + shard_size]
             if not _shard_done(path, chunk):
-                _write_shard(model, tokenizer, chunk, fmt, layers, batch_size, path, bar)
+                _write_shard(model, tokenizer, chunk, fmt, layers, window, batch_size, path, bar)
             else:
                 bar.update(len(chunk))
     ranks.barrier()  # every rank's shards are written
@@ -144,7 +176,32 @@ def cache_hidden_states(
                 f"Shard {number} of {folder} is missing or holds other conversations after every process finished; "
                 "run the command again (finished shards are kept)."
             )
-    return load_hidden_states(folder, shards=len(shards))
+    return load_hidden_states(folder, shards=len(shards), expect=spec)
+
+
+def check_manifest(folder: Path, spec: dict) -> dict:
+    """The manifest of cache ``folder``; raises when it was built for another LLM, layers, window or format."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as error:
+        raise NativeRetrieverError(
+            f"{folder} is not a readable hidden-state cache (manifest.json: {error}); delete the folder and rerun."
+        ) from error
+    fields = ("format", "layers", "window", "prompt_format", "tokenizer")
+    wrong = {
+        name: f"cached {manifest.get(name)!r}, wanted {spec[name]!r}"
+        for name in fields
+        if manifest.get(name) != spec[name]
+    }
+    llm = manifest.get("llm") if isinstance(manifest.get("llm"), dict) else {}
+    if not fingerprints_match(llm.get("fingerprint") or [], spec["llm"]["fingerprint"]):
+        wrong = {"llm": f"cached from {llm.get('name')!r}, not these weights of {spec['llm']['name']!r}", **wrong}
+    if wrong:
+        details = "; ".join(f"{name}: {why}" for name, why in wrong.items())
+        raise NativeRetrieverError(
+            f"{folder} was built for another {', '.join(wrong)} ({details}); delete it or use another cache folder."
+        )
+    return manifest
 
 
 def _shard_done(path: Path, chunk: list[dict]) -> bool:
@@ -152,22 +209,21 @@ def _shard_done(path: Path, chunk: list[dict]) -> bool:
     return path.is_file() and ids_path.is_file() and json.loads(ids_path.read_text()) == [q["id"] for q in chunk]
 
 
-def _write_shard(model, tokenizer, queries, fmt, layers, batch_size, path: Path, bar) -> None:
+def _write_shard(model, tokenizer, queries, fmt, layers, window, batch_size, path: Path, bar) -> None:
+    span, limit = window
     encoded = [encode_conversation(tokenizer, q["messages"], fmt, query=q["question"]) for q in queries]
     states: list[torch.Tensor] = [None] * len(encoded)  # type: ignore[list-item]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        for row, state in zip(rows, token_states(model, [encoded[i].input_ids for i in rows], layers)):
-            states[row] = state.to("cpu", torch.float16)
+        # the window ends where the head stops reading: a prefill needs no more tokens than that
+        spans = [select_tokens(encoded[i], span, limit) for i in rows]
+        sequences = [encoded[i].input_ids[:end] for i, (_, end) in zip(rows, spans)]
+        for row, (begin, _), state in zip(rows, spans, token_states(model, sequences, layers)):
+            states[row] = state[begin:].to("cpu", torch.float16)
         bar.update(len(rows))
     lengths = torch.tensor([0] + [s.shape[0] for s in states])
-    tensors = {
-        "states": torch.cat(states),
-        "offsets": torch.cumsum(lengths, 0),
-        "last_user": torch.tensor([e.last_user for e in encoded]),
-        "query": torch.tensor([e.query for e in encoded]),
-    }
+    tensors = {"states": torch.cat(states), "offsets": torch.cumsum(lengths, 0)}
     # the ids first, so that a shard on disk always has its ids beside it (each file replaced atomically)
     with atomic_file(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps([q["id"] for q in queries]))
@@ -175,19 +231,41 @@ def _write_shard(model, tokenizer, queries, fmt, layers, batch_size, path: Path,
         save_file(tensors, str(tmp))
 
 
-def load_hidden_states(folder: str | os.PathLike, shards: int | None = None) -> HiddenStateCache:
-    """Load the first ``shards`` shards (default: all) of a cache folder into one HiddenStateCache."""
-    shards = sorted(Path(folder).glob("shard-*.safetensors"))[:shards]
-    ids, states, offsets, last_user, query, base = [], [], [torch.zeros(1, dtype=torch.long)], [], [], 0
-    for path in shards:
-        shard = load_file(str(path))
+def load_hidden_states(
+    folder: str | os.PathLike, shards: int | None = None, expect: dict | None = None
+) -> HiddenStateCache:
+    """Open the first ``shards`` shards (default: all) of a cache folder, memory-mapped, as one HiddenStateCache.
+
+    ``expect``: a :func:`cache_spec`; a cache built for another LLM, layers, window or prompt format is refused."""
+    folder = Path(folder)
+    manifest = (
+        check_manifest(folder, expect) if expect is not None else json.loads((folder / "manifest.json").read_text())
+    )
+    if manifest.get("format") != CACHE_FORMAT:
+        raise NativeRetrieverError(
+            f"{folder} holds a hidden-state cache of an older layout; delete it (it is rebuilt on the next run)."
+        )
+    ids, handles, locations = [], [], []
+    for number, path in enumerate(sorted(folder.glob("shard-*.safetensors"))[:shards]):
+        try:  # memory-mapped: a slice reads only the rows asked for
+            handle = safe_open(str(path), framework="pt")
+            offsets = handle.get_tensor("offsets")
+            shape = handle.get_slice("states").get_shape()
+        except Exception as error:  # safetensors raises its own error types for a damaged file
+            raise NativeRetrieverError(
+                f"Hidden-state shard {path} is damaged ({error}); delete it and rerun (the other shards are kept)."
+            ) from error
+        if shape[1:] != [manifest.get("hidden_size")] or int(offsets[-1]) != shape[0]:
+            raise NativeRetrieverError(
+                f"Hidden-state shard {path} holds states of shape {shape}, not what {folder}/manifest.json "
+                "describes; delete the shard and rerun."
+            )
         ids += json.loads(path.with_suffix(".json").read_text())
-        states.append(shard["states"])
-        offsets.append(shard["offsets"][1:] + base)
-        base += int(shard["offsets"][-1])
-        last_user.append(shard["last_user"])
-        query.append(shard["query"])
-    return HiddenStateCache(ids, torch.cat(states), torch.cat(offsets), torch.cat(last_user), torch.cat(query))
+        handles.append(handle)
+        column = torch.full((len(offsets) - 1,), number, dtype=torch.long)
+        locations.append(torch.stack([column, offsets[:-1], offsets[1:]], dim=1))
+    empty = torch.zeros((0, 3), dtype=torch.long)
+    return HiddenStateCache(ids, manifest, handles, torch.cat(locations) if locations else empty)
 
 
 def teacher_vectors(

@@ -152,6 +152,7 @@ def train_head_from_data(
             tokenizer,
             data,
             root / "states",
+            window=(config.span, config.max_input_tokens),
             layers=config.layers,
             prompt_format=fmt,
             shard_size=shard_size,

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from tqdm.auto import tqdm
 
 from ..conversation import PromptFormat
 from ..data import RetrievalData
+from ..errors import NativeRetrieverError
 from ..evaluation import retrieval_metrics, top_k_run
 from ..extras import require
 from ..heads import HeadConfig, ProjectionHead
-from ..states import pad_states, select_tokens
-from .cache import HiddenStateCache
+from ..states import pad_states
+from .cache import HiddenStateCache, concat_caches
 from .distributed import Ranks
 from .losses import AlignmentLoss, InfoNCE, ScoreDistillation, contrastive_batch
 from .schedule import cosine_warmup
@@ -55,7 +57,7 @@ class TrainConfig:
     hard_negatives: int = 4  # sampled per query per step from the teacher's top ``hard_pool`` non-positives
     hard_pool: int = 30
     rank_top_k: int = 32
-    patience: int = 4  # epochs without a better dev Recall@10 before stopping
+    patience: int = 4  # epochs without a better dev Recall@10 (ties: MRR@10) before stopping
     seed: int = 0
 
 
@@ -96,28 +98,32 @@ class Split:
         return [[index[d] for d in self.data.qrels[qid] if d in index] for qid in self.states.ids]
 
 
-def _spans(split: Split, config: TrainConfig) -> list[torch.Tensor]:
-    views = []
-    for i in range(len(split.states.ids)):
-        start, end = select_tokens(split.states.encoded(i), config.span, config.max_input_tokens)
-        views.append(split.states.example(i)[start:end])
-    return views
+def check_cache(split: Split, config: TrainConfig) -> None:
+    """Refuse a split whose hidden-state cache holds another window or other layers than ``config``'s head reads."""
+    window = {"span": config.span, "max_input_tokens": config.max_input_tokens}
+    cached = split.states.spec
+    if cached.get("window") != window or cached.get("layers") != list(config.layers):
+        raise NativeRetrieverError(
+            f"The hidden-state cache of {split.data.name} holds window {cached.get('window')} of layers "
+            f"{cached.get('layers')}, but this head reads window {window} of layers {list(config.layers)}; cache "
+            "the states for this head (cache_hidden_states with its window and layers)."
+        )
 
 
-def encode_split(head: ProjectionHead, views: list[torch.Tensor], batch_size: int = 128) -> np.ndarray:
+def encode_split(head: ProjectionHead, views: Sequence[torch.Tensor], batch_size: int = 128) -> np.ndarray:
     """Head vectors of cached examples (evaluation mode)."""
     head.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(views), batch_size):
-            batch, mask = pad_states([v.float() for v in views[start : start + batch_size]])
+            batch, mask = pad_states([views[i].float() for i in range(start, min(start + batch_size, len(views)))])
             out.append(head(batch, mask).numpy())
     return np.concatenate(out)
 
 
-def dev_metrics(head: ProjectionHead, views: list[torch.Tensor], dev: Split) -> dict[str, float]:
+def dev_metrics(head: ProjectionHead, dev: Split) -> dict[str, float]:
     """Retrieval metrics of `head` on the dev split (exact search over the dev corpus)."""
-    run = top_k_run(dev.states.ids, dev.data.doc_ids, encode_split(head, views), dev.corpus)
+    run = top_k_run(dev.states.ids, dev.data.doc_ids, encode_split(head, dev.states), dev.corpus)
     return retrieval_metrics({qid: dev.data.qrels[qid] for qid in dev.states.ids}, run)
 
 
@@ -130,8 +136,9 @@ def train_head(
     init: ProjectionHead | None = None,
     ranks: Ranks | None = None,
 ) -> ProjectionHead:
-    """Train a head on ``train`` with early stopping on ``dev`` Recall@10; returns the best head. ``init``: start
-    from a copy of this head (fine-tuning; ``config`` must describe its architecture: :func:`config_for_head`).
+    """Train a head on ``train`` with early stopping on ``dev`` Recall@10 (ties broken by MRR@10); returns the best
+    head. ``init``: start from a copy of this head (fine-tuning; ``config`` must describe its architecture:
+    :func:`config_for_head`).
 
     Under several processes (``ranks``) the head is wrapped in ``DistributedDataParallel``: every rank walks the
     same shuffled batches and takes its share of each (rows ``rank::world``), gradients are averaged across ranks,
@@ -142,11 +149,13 @@ def train_head(
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     # One global document matrix; each query's candidates come from its own split's corpus.
+    for split in [*train, dev]:
+        check_cache(split, config)
     docs = torch.from_numpy(np.concatenate([s.corpus for s in train]))
-    views, targets, positives, hard, rank_top = [], [], [], [], []
+    views = concat_caches([s.states for s in train])  # memory-mapped: each batch reads its rows
+    targets, positives, hard, rank_top = [], [], [], []
     offset = 0
     for split in train:
-        views += _spans(split, config)
         targets.append(torch.from_numpy(split.targets))
         scores = torch.from_numpy(split.targets) @ torch.from_numpy(split.corpus).T
         top = scores.topk(min(config.hard_pool + 10, scores.shape[1]), dim=1).indices
@@ -158,7 +167,6 @@ def train_head(
     targets = torch.cat(targets)
     rank_top = torch.stack(rank_top)
     keep = [i for i, p in enumerate(positives) if p]
-    dev_views = _spans(dev, config)
 
     head = copy.deepcopy(init) if init is not None else ProjectionHead(base)
     model = head
@@ -170,7 +178,7 @@ def train_head(
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(keep) / config.batch_size)
     schedule = cosine_warmup(optimizer, steps, config.warmup)
-    best, best_state, history, stale = -1.0, None, [], 0
+    best, best_state, history, stale = (-1.0, -1.0), None, [], 0
     for epoch in range(config.epochs):
         head.train()
         shuffler.shuffle(keep)
@@ -208,7 +216,7 @@ def train_head(
             schedule.step()
             for name, value in losses.items():
                 totals[name] += float(value.detach()) * len(rows) / len(keep)
-        metrics = dev_metrics(head, dev_views, dev)
+        metrics = dev_metrics(head, dev)
         history.append(
             {
                 "epoch": epoch + 1,
@@ -219,9 +227,10 @@ def train_head(
         )
         if ranks.main:
             tqdm.write(json.dumps(history[-1]))
-        recall = ranks.all_agree(metrics["recall@10"])
-        if recall > best:
-            best, best_state, stale = recall, copy.deepcopy(head.state_dict()), 0
+        # dev Recall@10 picks the epoch; MRR@10 breaks its ties (a small dev set ties often on recall)
+        score = (ranks.all_agree(metrics["recall@10"]), ranks.all_agree(metrics["mrr@10"]))
+        if score > best:
+            best, best_state, stale = score, copy.deepcopy(head.state_dict()), 0
             best_metrics = metrics
         else:
             stale += 1
@@ -231,7 +240,15 @@ def train_head(
     head.config.metrics = {"dev": {"data": dev.data.name, **best_metrics}, "history": history}
     head.config.training = {
         "config": asdict(config),
-        "data": [{"name": s.data.name, "queries": len(s.states.ids), "passages": len(s.data.corpus)} for s in train],
+        "data": [
+            {
+                "name": s.data.name,
+                "queries": len(s.states.ids),
+                "passages": len(s.data.corpus),
+                "cached_bytes": s.states.nbytes,
+            }
+            for s in train
+        ],
     }
     if log_path is not None and ranks.main:
         log_path.write_text(json.dumps(history, indent=2))
