@@ -173,7 +173,19 @@ def cmd_train_head(args) -> None:
         shard_size=args.shard_size,
     )
     if _main_process():
-        print(json.dumps({"output": str(Path(args.output)), "dev": head.config.metrics["dev"]}, indent=2))
+        report = {"output": str(Path(args.output)), "dev": head.config.metrics["dev"], "cache": _cache_report(head)}
+        print(json.dumps(report, indent=2))
+
+
+def _cache_report(head) -> dict:
+    """The size of the training hidden-state cache the head was trained from (its dev split aside)."""
+    data = head.config.training["data"]
+    conversations, stored = sum(d["queries"] for d in data), sum(d["cached_bytes"] for d in data)
+    return {
+        "conversations": conversations,
+        "bytes": stored,
+        "bytes_per_conversation": round(stored / max(conversations, 1)),
+    }
 
 
 def _main_process() -> bool:
@@ -204,7 +216,7 @@ def _train_head_from_corpus(args) -> None:
     )
     report = {"output": str(Path(args.output)), "conversations": dataclasses.asdict(counts)}
     if _main_process():
-        print(json.dumps({**report, "dev": head.config.metrics["dev"]}, indent=2))
+        print(json.dumps({**report, "dev": head.config.metrics["dev"], "cache": _cache_report(head)}, indent=2))
 
 
 def cmd_write_conversations(args) -> None:

@@ -13,6 +13,7 @@ import torch
 from conftest import append_line
 
 from native_retriever.cli import main
+from native_retriever.data import load_data
 from native_retriever.heads import HeadConfig, ProjectionHead
 
 DOCS = {
@@ -30,7 +31,10 @@ def trained_head(tiny_data_folder, tiny_llm_folder, tmp_path_factory):
     args = ["train-head", "--train", tiny_data_folder, "--dev", tiny_data_folder, "--output", str(out)]
     args += ["--llm", tiny_llm_folder, "--cache", str(root / "cache"), "--epochs", "2", "--architecture", "linear"]
     args += ["--d-model", "32", "--batch-size", "8", "--max-tokens", "256", "--lr", "0.003", "--rank-top-k", "8"]
-    assert main(args) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    (root / "printed.json").write_text(printed.getvalue())  # the report train-head printed, for the tests below
     return out
 
 
@@ -59,6 +63,19 @@ def test_train_head_writes_a_loadable_head_folder(trained_head, tiny_llm_folder,
     assert config.metrics["dev"]["data"] == "tiny"
     assert config.training["config"]["epochs"] == 2
     assert json.loads((trained_head / "training_log.json").read_text()) == config.metrics["history"]
+
+
+def test_train_head_reports_the_bytes_its_cache_takes(trained_head, tiny_data_folder):
+    lines = (trained_head.parent / "printed.json").read_text().splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")  # the report, printed after one line per epoch
+    report = json.loads("\n".join(lines[start:]))
+    assert report["dev"] == ProjectionHead.from_pretrained(trained_head).config.metrics["dev"]
+    cache = report["cache"]
+    shards = list((trained_head.parent / "cache" / "states").glob("states-*/shard-*.safetensors"))
+    on_disk = sum(p.stat().st_size for p in shards)  # train and dev are one folder here: one cache
+    assert cache["conversations"] == len(load_data(tiny_data_folder).queries)
+    assert cache["bytes"] <= on_disk <= cache["bytes"] + 1024 * len(shards)  # float16 states plus small headers
+    assert cache["bytes_per_conversation"] == round(cache["bytes"] / cache["conversations"])
 
 
 def test_eval_writes_a_json_report(trained_head, tiny_llm_folder, tiny_data_folder, tmp_path, capsys):

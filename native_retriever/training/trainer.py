@@ -148,9 +148,9 @@ def train_head(
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    # One global document matrix; each query's candidates come from its own split's corpus.
     for split in [*train, dev]:
         check_cache(split, config)
+    # One global document matrix; each query's candidates come from its own split's corpus.
     docs = torch.from_numpy(np.concatenate([s.corpus for s in train]))
     views = concat_caches([s.states for s in train])  # memory-mapped: each batch reads its rows
     targets, positives, hard, rank_top = [], [], [], []
