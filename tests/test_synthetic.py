@@ -14,7 +14,7 @@ from conftest import TOPICS, passage_text
 import native_retriever.training.synthetic as synthetic
 from native_retriever.cli import main
 from native_retriever.data import load_corpus, load_data
-from native_retriever.errors import DataFormatError, InvalidArgumentError
+from native_retriever.errors import DataFormatError, InvalidArgumentError, NativeRetrieverError
 from native_retriever.heads import ProjectionHead
 from native_retriever.training.synthetic import (
     SyntheticConfig,
@@ -79,6 +79,19 @@ def test_generation_is_cached_resumes_after_a_crash_and_redoes_changed_passages(
     before = scripted["chats"]
     generate_conversations(None, None, changed, cache, SyntheticConfig(batch_size=2))
     assert scripted["chats"] - before == first // 4  # the changed passage only
+
+
+def test_a_generation_cache_written_by_other_weights_is_refused(
+    scripted, tiny_llm, tiny_tokenizer, make_tiny_llm, tmp_path
+):
+    cache, docs = tmp_path / "c.jsonl", corpus(2)
+    first, _ = generate_conversations(tiny_llm, tiny_tokenizer, docs, cache, SyntheticConfig())
+    assert generate_conversations(tiny_llm, tiny_tokenizer, docs, cache, SyntheticConfig())[0] == first
+    other = make_tiny_llm(seed=5, initializer_range=0.05)
+    other.config.name_or_path = tiny_llm.config.name_or_path  # the same name (the cache file's key), other weights
+    with pytest.raises(NativeRetrieverError, match="written by other weights .*delete both files or use another"):
+        generate_conversations(other, tiny_tokenizer, docs, cache, SyntheticConfig())
+    assert generate_conversations(other, tiny_tokenizer, docs, tmp_path / "other.jsonl", SyntheticConfig())[0]
 
 
 def test_short_passages_and_non_questions_are_counted_not_trained_on(monkeypatch, tmp_path):

@@ -181,12 +181,7 @@ def cache_hidden_states(
 
 def check_manifest(folder: Path, spec: dict) -> dict:
     """The manifest of cache ``folder``; raises when it was built for another LLM, layers, window or format."""
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError) as error:
-        raise NativeRetrieverError(
-            f"{folder} is not a readable hidden-state cache (manifest.json: {error}); delete the folder and rerun."
-        ) from error
+    manifest = _read_manifest(folder)
     fields = ("format", "layers", "window", "prompt_format", "tokenizer")
     wrong = {
         name: f"cached {manifest.get(name)!r}, wanted {spec[name]!r}"
@@ -202,6 +197,15 @@ def check_manifest(folder: Path, spec: dict) -> dict:
             f"{folder} was built for another {', '.join(wrong)} ({details}); delete it or use another cache folder."
         )
     return manifest
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as error:
+        raise NativeRetrieverError(
+            f"{folder} is not a readable hidden-state cache (manifest.json: {error}); delete the folder and rerun."
+        ) from error
 
 
 def _shard_done(path: Path, chunk: list[dict]) -> bool:
@@ -238,9 +242,7 @@ def load_hidden_states(
 
     ``expect``: a :func:`cache_spec`; a cache built for another LLM, layers, window or prompt format is refused."""
     folder = Path(folder)
-    manifest = (
-        check_manifest(folder, expect) if expect is not None else json.loads((folder / "manifest.json").read_text())
-    )
+    manifest = check_manifest(folder, expect) if expect is not None else _read_manifest(folder)
     if manifest.get("format") != CACHE_FORMAT:
         raise NativeRetrieverError(
             f"{folder} holds a hidden-state cache of an older layout; delete it (it is rebuilt on the next run)."

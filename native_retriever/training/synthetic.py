@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from ..checks import check_count
 from ..conversation import history_text, tokenize_chat
 from ..data import RetrievalData
-from ..errors import DataFormatError, InvalidArgumentError
-from ..files import glob_escape
+from ..errors import DataFormatError, InvalidArgumentError, NativeRetrieverError
+from ..files import atomic_file, fingerprints_match, glob_escape
+from ..models import llm_info
 from ..states import pad_token_id
 from .distributed import Ranks
 
@@ -259,6 +260,8 @@ def generate_conversations(
     ranks = ranks or Ranks()
     path = Path(cache_file)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        check_writer(path, llm_info(model), ranks)
     done = _read_caches(path)
     ranks.barrier()  # every rank has read the same cache before any writes
     counts = SyntheticCounts(passages=len(corpus))
@@ -297,6 +300,22 @@ def generate_conversations(
     counts.questions = sum(m["role"] == "user" for ms in conversations.values() for m in ms)
     counts.no_question = len(wanted) * config.turns - counts.questions
     return conversations, counts
+
+
+def check_writer(cache_file: Path, llm: dict, ranks: Ranks | None = None) -> None:
+    """Refuse a generation cache that another LLM's weights wrote under this LLM's name (the file is named by the
+    LLM's name; ``<cache>.llm.json`` beside it records the weights' fingerprint, written on first use)."""
+    record = cache_file.with_name(f"{cache_file.stem}.llm.json")
+    if record.is_file():
+        written = json.loads(record.read_text())
+        if not fingerprints_match(written.get("fingerprint") or [], llm["fingerprint"]):
+            raise NativeRetrieverError(
+                f"{cache_file} holds conversations written by other weights than this {llm['name']!r} "
+                f"(the fingerprint in {record.name} differs); delete both files or use another --cache."
+            )
+    elif ranks is None or ranks.main:
+        with atomic_file(record) as tmp:
+            tmp.write_text(json.dumps({"name": llm["name"], "fingerprint": llm["fingerprint"]}))
 
 
 def filter_by_teacher(
