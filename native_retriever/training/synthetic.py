@@ -255,7 +255,7 @@ def generate_conversations(
     Under several processes (``ranks``) the batches still to write are dealt out, batch ``b`` to rank
     ``b % world`` (the same batches one process would write, so the same conversations), each rank appending to
     its own ``<cache>.rank<r>.jsonl``; every rank then reads all the files. Any later run, with any number of
-    processes, reads them all and resumes."""
+    processes, reads them all and resumes. A cache that other weights wrote is refused (:func:`check_writer`)."""
     config = config or SyntheticConfig()
     ranks = ranks or Ranks()
     path = Path(cache_file)
