@@ -240,6 +240,7 @@ def train_head(
     head.config.metrics = {"dev": {"data": dev.data.name, **best_metrics}, "history": history}
     head.config.training = {
         "config": asdict(config),
+        "processes": ranks.world,
         "data": [
             {
                 "name": s.data.name,
